@@ -33,6 +33,7 @@ class SAM(nn.Module):
         return torch.softmax(a @ b, dim=-1)           # (B, D, D)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        "SAM(`y`) for feature maps `y` (B, C, H, W): same shape."
         n, c, h, w = y.shape
         a = self.query(y).flatten(2).transpose(1, 2)  # (B, D, C/8) queries
         b = self.key(y).flatten(2).transpose(1, 2)    # (B, D, C/8) keys
@@ -65,6 +66,7 @@ class CHAM(nn.Module):
         return torch.sigmoid(logits) if self.gate == "sigmoid" else torch.softmax(logits, dim=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        "CHAM(`z`) for feature maps `z` (B, C, H, W): `z` re-weighted channel by channel at every position."
         return z * self.weights(z)  # (B, C, H, W)
 
     def extra_repr(self) -> str:
@@ -80,4 +82,5 @@ class Attention(nn.Module):
         self.cham = CHAM(channels, gate=cham_gate) if cham else nn.Identity()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        "ATT(`y`) = CHAM(SAM(`y`)) for feature maps `y` (B, C, H, W): same shape."
         return self.cham(self.sam(y))  # (B, C, H, W)

@@ -135,6 +135,7 @@ class StripePool(nn.Module):
         self.stripes = stripes
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        "Stripe features of `maps` (B, C, H, W): (B, stripes·C), stripe s in columns s·C … (s+1)·C - 1."
         pooled = nn.functional.adaptive_avg_pool2d(maps, (self.stripes, 1))  # (B, C, S, 1)
         return pooled.squeeze(-1).transpose(1, 2).flatten(1)                 # (B, S·C)
 
