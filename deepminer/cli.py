@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
 
 from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
+from .synthetic import SyntheticConfig, make_synthetic_reid
 
 # %% auto #0
-__all__ = ['add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main']
+__all__ = ['add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main', 'synth_parser', 'synth_main']
 
 # %% ../nbs/10_cli.ipynb #276ffd18
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -75,3 +78,41 @@ def summary_main(argv: list[str] | None = None) -> None:
     base, full = totals["global-only baseline"], totals["Deep Miner"]
     print(f"Deep Miner / baseline: {full['params'] / base['params']:.2f}x parameters, {full['macs'] / base['macs']:.2f}x MACs, "
           f"embedding {full['feature_dim']} vs {base['feature_dim']} dimensions")
+
+# %% ../nbs/10_cli.ipynb #70f5db57
+def synth_parser() -> argparse.ArgumentParser:
+    "The argument parser of `deepminer-synth`: ROOT, --seed, --overwrite and one flag per `SyntheticConfig` field."
+    parser = argparse.ArgumentParser(
+        prog="deepminer-synth",
+        description="Write the procedurally generated pedestrian re-ID set to ROOT in Market-1501's layout "
+                    "(bounding_box_train/, query/, bounding_box_test/), with part layouts in ROOT/parts/ and the "
+                    "settings in ROOT/synthetic.json. The same seed and sizes write byte-identical files.")
+    parser.add_argument("root", metavar="ROOT", help="folder to write (created; must be new, empty, or a synthetic set)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a synthetic set made with other settings")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    sizes = parser.add_argument_group("sizes (defaults: the main job's benchmark)")
+    helps = {"train_ids": "training identities", "test_ids": "test identities (query and gallery)",
+             "cameras": "cameras (2-9)", "min_cameras_per_id": "fewest cameras that see an identity",
+             "max_cameras_per_id": "most cameras that see an identity", "images_per_camera": "crops per identity per camera",
+             "distractors": "gallery crops of strangers (pid 0000)", "junk": "gallery junk crops (pid -1)",
+             "height": "image height in pixels", "width": "image width in pixels",
+             "occlusion": "probability of an occluder per image", "min_shared": "fewest identities sharing any part look"}
+    for name, default in asdict(SyntheticConfig()).items():
+        sizes.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                           help=f"{helps[name]} (default: %(default)s)")
+    return parser
+
+
+def synth_main(argv: list[str] | None = None) -> None:
+    "Console script `deepminer-synth`: write the synthetic benchmark and print what was written."
+    parser = synth_parser()
+    args = parser.parse_args(argv)
+    sizes = {name: getattr(args, name) for name in asdict(SyntheticConfig())}
+    t0 = time.perf_counter()
+    try:
+        root = make_synthetic_reid(args.root, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, **sizes)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    counts = json.loads((root / "synthetic.json").read_text())["counts"]
+    print(f"{root}: " + ", ".join(f"{n} in {folder}" for folder, n in counts.items()) + f" ({time.perf_counter() - t0:.1f} s)")
