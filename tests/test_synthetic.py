@@ -136,3 +136,20 @@ def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_bad_sizes_name_the_argument(sizes, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**sizes)
+
+
+def test_market1501_reader_reads_the_synthetic_set_unchanged(small_set):
+    import warnings
+
+    from deepminer.data import Market1501
+    manifest = json.loads((small_set / "synthetic.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no count warning, no missing-match warning
+        dataset = Market1501(small_set)
+    junk = sum(1 for f in (small_set / "bounding_box_test").glob("-1_*.jpg"))
+    assert len(dataset.train) == manifest["counts"]["bounding_box_train"]
+    assert len(dataset.query) == manifest["counts"]["query"]
+    assert len(dataset.gallery) == manifest["counts"]["bounding_box_test"] - junk  # junk is dropped
+    assert dataset.num_train_ids == len(manifest["identities"]["train"])
+    assert sorted({r.pid for r in dataset.train}) == list(range(dataset.num_train_ids))
+    assert {r.pid for r in dataset.gallery} == {p["pid"] for p in manifest["identities"]["test"]} | {0}
