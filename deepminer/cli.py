@@ -8,30 +8,46 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from pathlib import Path
 
 from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
 from .synthetic import SyntheticConfig, make_synthetic_reid
+from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison, preset,
+                              train, train_with_baseline)
 
 # %% auto #0
-__all__ = ['add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main', 'synth_parser', 'synth_main']
+__all__ = ['PAPER_MODEL', 'TRAIN_HELP', 'MODEL_FIELDS', 'add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main',
+           'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main', 'eval_parser',
+           'eval_main']
 
-# %% ../nbs/10_cli.ipynb #276ffd18
-def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add one flag per `DeepMiner` knob to `parser` (defaults: the paper's model) and return it."
-    group = parser.add_argument_group("model (defaults: the paper's Deep Miner)")
-    group.add_argument("--backbone", default="resnet50", choices=sorted(RESNETS), help="torchvision ResNet backbone (default: %(default)s)")
-    group.add_argument("--ie-after", type=int, nargs="*", default=[2, 3], metavar="BLOCK",
-                       help="blocks (1, 2, 3) followed by an input-erased branch; none for no IE branch (default: 2 3)")
-    group.add_argument("--tau", type=float, default=0.8, help="erasing threshold in [0, 1], eq. (1) (default: %(default)s)")
-    group.add_argument("--no-local", dest="local_branch", action="store_false", help="drop the local (stripes) branch")
-    group.add_argument("--stripes", type=int, default=4, help="horizontal stripes of the local branch (default: %(default)s)")
-    group.add_argument("--no-sam", dest="sam", action="store_false", help="drop the spatial attention module (SAM)")
-    group.add_argument("--no-cham", dest="cham", action="store_false", help="drop the channel attention module (CHAM)")
-    group.add_argument("--cham-gate", default="sigmoid", choices=["sigmoid", "softmax"],
-                       help="CHAM's gate: sigmoid (PLR-OSNet's code) or softmax over channels (the paper's text) (default: %(default)s)")
-    group.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights (downloads once)")
-    group.add_argument("--backbone-weights", metavar="PATH", help="start from ImageNet weights in a local file instead of downloading")
+# %% ../nbs/10_cli.ipynb #f1814cf1
+PAPER_MODEL = dict(backbone="resnet50", ie_after=[2, 3], tau=0.8, local_branch=True, stripes=4, sam=True, cham=True,
+                   cham_gate="sigmoid", pretrained=False, backbone_weights=None)  # DeepMiner's defaults
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, defaults: dict | None = PAPER_MODEL) -> argparse.ArgumentParser:
+    """Add one flag per `DeepMiner` knob to `parser` and return it. `defaults`: the value of each flag when it is not
+    given (the paper's model); None leaves unset flags out of the parsed namespace, for a caller with its own presets."""
+    def default(name):
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+    shown = "the paper's Deep Miner" if defaults is not None else "from --preset"
+    group = parser.add_argument_group(f"model (defaults: {shown})")
+    group.add_argument("--backbone", default=default("backbone"), choices=sorted(RESNETS), help="torchvision ResNet backbone")
+    group.add_argument("--ie-after", type=int, nargs="*", default=default("ie_after"), metavar="BLOCK",
+                       help="blocks (1, 2, 3) followed by an input-erased branch; give none for no IE branch (paper: 2 3)")
+    group.add_argument("--tau", type=float, default=default("tau"), help="erasing threshold in [0, 1], eq. (1) (paper: 0.8)")
+    group.add_argument("--no-local", dest="local_branch", action="store_false", default=default("local_branch"),
+                       help="drop the local (stripes) branch")
+    group.add_argument("--stripes", type=int, default=default("stripes"), help="horizontal stripes of the local branch (paper: 4)")
+    group.add_argument("--no-sam", dest="sam", action="store_false", default=default("sam"), help="drop the spatial attention module (SAM)")
+    group.add_argument("--no-cham", dest="cham", action="store_false", default=default("cham"), help="drop the channel attention module (CHAM)")
+    group.add_argument("--cham-gate", default=default("cham_gate"), choices=["sigmoid", "softmax"],
+                       help="CHAM's gate: sigmoid (PLR-OSNet's code, default) or softmax over channels (the paper's text)")
+    group.add_argument("--pretrained", action="store_true", default=default("pretrained"),
+                       help="start from torchvision's ImageNet weights (downloads once)")
+    group.add_argument("--backbone-weights", metavar="PATH", default=default("backbone_weights"),
+                       help="start from ImageNet weights in a local file instead of downloading")
     return parser
 
 
@@ -94,13 +110,14 @@ def synth_parser() -> argparse.ArgumentParser:
     sizes = parser.add_argument_group("sizes (defaults: the main job's benchmark)")
     helps = {"train_ids": "training identities", "test_ids": "test identities (query and gallery)",
              "cameras": "cameras (2-9)", "min_cameras_per_id": "fewest cameras that see an identity",
-             "max_cameras_per_id": "most cameras that see an identity", "images_per_camera": "crops per identity per camera",
+             "max_cameras_per_id": "most cameras that see an identity (default: min(4, cameras))", "images_per_camera": "crops per identity per camera",
              "distractors": "gallery crops of strangers (pid 0000)", "junk": "gallery junk crops (pid -1)",
              "height": "image height in pixels", "width": "image width in pixels",
              "occlusion": "probability of an occluder per image", "min_shared": "fewest identities sharing any part look"}
     for name, default in asdict(SyntheticConfig()).items():
-        sizes.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
-                           help=f"{helps[name]} (default: %(default)s)")
+        sizes.add_argument(f"--{name.replace('_', '-')}", type=int if name == "max_cameras_per_id" else type(default),
+                           default=None if name == "max_cameras_per_id" else default,
+                           help=helps[name] if name == "max_cameras_per_id" else f"{helps[name]} (default: %(default)s)")
     return parser
 
 
@@ -116,3 +133,126 @@ def synth_main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     counts = json.loads((root / "synthetic.json").read_text())["counts"]
     print(f"{root}: " + ", ".join(f"{n} in {folder}" for folder, n in counts.items()) + f" ({time.perf_counter() - t0:.1f} s)")
+
+# %% ../nbs/10_cli.ipynb #87852ace
+TRAIN_HELP = {
+    "root": "dataset folder (default: data/<dataset>)", "height": "input height in pixels", "width": "input width in pixels",
+    "P": "identities per batch", "K": "images per identity in a batch", "num_workers": "data loading processes (default: 0 on CPU, 4 on GPU)",
+    "epochs": "training epochs", "lr": "Adam learning rate after warm-up", "warmup_epochs": "epochs of linear warm-up",
+    "warmup_start_lr": "learning rate at the first epoch", "milestones": "epochs at which the learning rate is multiplied by --gamma",
+    "gamma": "learning-rate decay factor", "weight_decay": "Adam weight decay", "center_lr": "SGD learning rate of the centers",
+    "center_weight": "lambda of eq. (2), the center-loss weight", "label_smoothing": "epsilon of eq. (4)",
+    "eval_every": "evaluate every N epochs (0: only at the end)", "seed": "random seed",
+    "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
+}  # TrainConfig field -> --help text
+MODEL_FIELDS = set(PAPER_MODEL)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    "The argument parser of `deepminer-train`: the run's options, one flag per `TrainConfig` field, the model's knobs."
+    parser = argparse.ArgumentParser(
+        prog="deepminer-train",
+        description="Train Deep Miner. With no arguments: the main job (generate the synthetic benchmark if missing, "
+                    "train Deep Miner and the global-only baseline on the CPU preset, print mAP / Rank-1 / Rank-5 / time).")
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "market1501", "dukemtmcreid", "cuhk03", "msmt17", "custom"],
+                        help="dataset to train and evaluate on (default: %(default)s)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="settings to start from: cpu (the synthetic main job) or paper (§4.1); default: cpu for "
+                             "the synthetic set, paper otherwise")
+    parser.add_argument("--output", help="run folder (default: runs/<dataset>-<date>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    parser.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
+                        help="also train the global-only baseline with the same settings (default for the synthetic set)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="train Deep Miner only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    run = parser.add_argument_group("training (defaults: from --preset)")
+    for f in fields(TrainConfig):
+        if f.name in MODEL_FIELDS or f.name in ("dataset", "amp", "eval_flip"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "milestones":
+            run.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
+        else:
+            kind = int if f.name == "num_workers" else type(f.default)  # the only None default is num_workers'
+            run.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
+    run.add_argument("--eval-flip", action="store_true", default=argparse.SUPPRESS,
+                     help="average each test image's features with its mirror image's")
+    run.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
+                     help="no mixed precision / channels_last on CUDA")
+    return add_model_arguments(parser, defaults=None)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    "The `TrainConfig` of parsed `deepminer-train` arguments: the preset, then every flag that was given."
+    name = args.preset or ("cpu" if args.dataset == "synthetic" else "paper")
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("preset", "output", "resume", "baseline", "quiet") and not (k == "dataset" and v is None)}
+    if "root" not in given and args.dataset != PRESETS[name].get("dataset"):
+        given["root"] = f"data/{args.dataset}"
+    return preset(name, **given)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    "Console script `deepminer-train`: train (by default, the main job) and print the final metrics."
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    if args.resume and not args.output:
+        parser.error("--resume needs --output, the run folder to continue")
+    try:
+        config = train_config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    output = Path(args.output or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
+    print(f"deepminer-train: {config.dataset} at {config.root}, {config.backbone} {config.height}x{config.width}, "
+          f"{config.epochs} epochs, P={config.P} K={config.K}, lr {config.lr:g} -> {output}")
+    start = time.perf_counter()
+    try:
+        if with_baseline:
+            results = train_with_baseline(config, output, resume=args.resume, progress=not args.quiet)
+        else:
+            results = {"Deep Miner": train(config, output, resume=args.resume, progress=not args.quiet)}
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+        parser.error(str(err))
+    except TrainingDiverged as err:
+        raise SystemExit(f"deepminer-train: {err}")
+    print(f"\n{format_comparison(results)}\n\n(equal epochs; total wall time {time.perf_counter() - start:.0f} s; "
+          f"run folder {output})")
+
+# %% ../nbs/10_cli.ipynb #ae3b1111
+def eval_parser() -> argparse.ArgumentParser:
+    "The argument parser of `deepminer-eval`."
+    parser = argparse.ArgumentParser(
+        prog="deepminer-eval",
+        description="Evaluate a deepminer-train checkpoint on a query/gallery set (Market-1501 protocol): print mAP, "
+                    "mINP, Rank-1/5/10 and save plots.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
+    parser.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    parser.add_argument("--root", help="dataset folder (default: the one it was trained on)")
+    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017, k1=20, k2=6, lambda=0.3)")
+    parser.add_argument("--flip", action="store_true", help="average each image's features with its mirror image's")
+    parser.add_argument("--normalize", choices=["none", "branch", "all"], default="none",
+                        help="L2-normalize the features: not at all, per branch, or the whole vector (default: %(default)s)")
+    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean", help="distance (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="(default: %(default)s)")
+    parser.add_argument("--output", help="folder for the plots and metrics.json (default: eval/ beside the checkpoint)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
+    parser = eval_parser()
+    args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else Path(args.checkpoint).parent / "eval"
+    try:
+        metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, flip=args.flip, rerank=args.rerank,
+                                      normalize=args.normalize, metric=args.metric, plots_dir=output,
+                                      batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    (output / "metrics.json").write_text(json.dumps({**metrics, **{k: v for k, v in vars(args).items() if k != "quiet"}}, indent=1))
+    print("  ".join(f"{name} {metrics[key]:.1f}" for key, name in
+                    (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))
+    print(f"plots and metrics.json in {output}")

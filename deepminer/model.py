@@ -21,7 +21,8 @@ from .erase import ErO, check_tau
 
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch',
-           'StripePool', 'BranchOutput', 'BNNeck', 'Inspection', 'DeepMiner', 'branch_summary', 'format_branch_table']
+           'StripePool', 'BranchOutput', 'BNNeck', 'check_model_options', 'Inspection', 'DeepMiner', 'branch_summary',
+           'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -164,7 +165,26 @@ class BNNeck(nn.Module):
         normalized = self.bn(features)
         return normalized, self.classifier(normalized)
 
-# %% ../nbs/04_model.ipynb #c8181716
+# %% ../nbs/04_model.ipynb #81ba0e1d
+def check_model_options(backbone: str, ie_after, tau: float, stripes: int, cham_gate: str, pretrained: bool = False,
+                        backbone_weights=None) -> tuple[tuple[int, ...], float]:
+    "Check `DeepMiner`'s knobs; raise ValueError naming a bad one. Returns `ie_after` sorted and `tau` as a float."
+    if backbone not in RESNETS:
+        raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {backbone!r}")
+    ie_after = tuple(sorted(ie_after))
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3 for i in ie_after):
+        raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {ie_after}")
+    if len(set(ie_after)) != len(ie_after):
+        raise ValueError(f"ie_after must not repeat a position, got {ie_after}")
+    if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
+        raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {stripes!r}")
+    if cham_gate not in CHAM_GATES:
+        raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {cham_gate!r}")
+    if pretrained and backbone_weights is not None:
+        raise ValueError("pass either pretrained=True or backbone_weights=PATH, not both")
+    return ie_after, check_tau(tau)
+
+# %% ../nbs/04_model.ipynb #c845bfdb
 @dataclass
 class Inspection:
     "Everything `DeepMiner.inspect` exposes about one forward pass."
@@ -185,16 +205,7 @@ class DeepMiner(nn.Module):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer (identities in the training set), got {num_classes!r}")
-        ie_after = tuple(sorted(ie_after))
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3 for i in ie_after):
-            raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {ie_after}")
-        if len(set(ie_after)) != len(ie_after):
-            raise ValueError(f"ie_after must not repeat a position, got {ie_after}")
-        tau = check_tau(tau)
-        if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
-            raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {stripes!r}")
-        if cham_gate not in CHAM_GATES:
-            raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {cham_gate!r}")
+        ie_after, tau = check_model_options(backbone, ie_after, tau, stripes, cham_gate, pretrained, backbone_weights)
         self.config = dict(num_classes=num_classes, backbone=backbone, ie_after=ie_after, tau=tau,
                            local_branch=local_branch, stripes=stripes, sam=sam, cham=cham, cham_gate=cham_gate)
 
@@ -248,7 +259,7 @@ class DeepMiner(nn.Module):
             normalized.append(bn_features)
         return outputs if self.training else torch.cat(normalized, dim=1)
 
-# %% ../nbs/04_model.ipynb #78ab9155
+# %% ../nbs/04_model.ipynb #53442d00
 def _module_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     "MACs of each named submodule of `model` for input `x` (eval mode, no gradient), keyed by its name in `model`."
     was_training = model.training
@@ -305,7 +316,7 @@ def format_branch_table(rows: list[dict]) -> str:
                      f"{r['macs'] / 1e9:>7.2f}")
     return "\n".join(lines)
 
-# %% ../nbs/04_model.ipynb #ba3f6580
+# %% ../nbs/04_model.ipynb #060f9180
 PAPER_VARIANTS = {
     "baseline": dict(ie_after=(), local_branch=False, sam=False, cham=False),
     **{f"ie3_tau{t / 10:.1f}": dict(ie_after=(3,), tau=t / 10, local_branch=False, sam=False, cham=False)

@@ -308,7 +308,7 @@ class SyntheticConfig:
     test_ids: int = 100              # identities in query + bounding_box_test
     cameras: int = 6
     min_cameras_per_id: int = 2      # each identity is seen by a random number of cameras in this range
-    max_cameras_per_id: int = 4
+    max_cameras_per_id: int | None = None  # None: min(4, cameras)
     images_per_camera: int = 3       # crops of an identity per camera that sees it (test: one of them is a query)
     distractors: int = 100           # gallery crops with pid 0000
     junk: int = 50                   # gallery crops with pid -1
@@ -318,6 +318,8 @@ class SyntheticConfig:
     min_shared: int = 2              # every part look is worn by at least this many identities of a split
 
     def __post_init__(self):
+        if self.max_cameras_per_id is None:
+            object.__setattr__(self, "max_cameras_per_id", min(4, self.cameras))
         for name in ("train_ids", "test_ids", "cameras", "min_cameras_per_id", "images_per_camera", "height", "width", "min_shared"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
