@@ -700,14 +700,16 @@ def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Ite
              gallery_images: Sequence | None = None) -> dict[str, float]:
     """Evaluate `model` on `query_loader` against `gallery_loader` (batches (images, pids, camids, ...)): features
     (`flip`, `normalize`: see `extract_features`), `metric` distances, k-reciprocal re-ranking if `rerank` (`k1`,
-    `k2`, `lambda_value`), then `evaluate_rank`. Returns {'mAP', 'mINP', 'rank1', 'rank5', 'rank10'} in percent;
-    with `plots_dir`, also writes the pictures there (`save_evaluation_plots`)."""
+    `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's). Returns
+    {'mAP', 'mINP', 'rank1', 'rank5', 'rank10'} in percent; with `plots_dir`, also writes the pictures there
+    (`save_evaluation_plots`)."""
+    device = torch.device(device) if device is not None else _model_device(model)
     query = extract_features(model, query_loader, flip, normalize, device, progress, desc="query features")
     gallery = extract_features(model, gallery_loader, flip, normalize, device, progress, desc="gallery features")
-    distmat = compute_distance(query.features, gallery.features, metric)
+    qf, gf = query.features.to(device), gallery.features.to(device)
+    distmat = compute_distance(qf, gf, metric).cpu()
     if rerank:
-        distmat = re_ranking(distmat, compute_distance(query.features, query.features, metric),
-                             compute_distance(gallery.features, gallery.features, metric), k1, k2, lambda_value)
+        distmat = re_ranking(distmat, compute_distance(qf, qf, metric), compute_distance(gf, gf, metric), k1, k2, lambda_value)
     metrics = evaluate_rank(distmat, query.pids, gallery.pids, query.camids, gallery.camids, max_rank)
     if plots_dir is not None:
         save_evaluation_plots(plots_dir, distmat, query.pids, gallery.pids, query.camids, gallery.camids, metrics,
