@@ -12,6 +12,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
+from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
 from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison, preset,
                               train, train_with_baseline)
@@ -19,7 +20,7 @@ from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint,
 # %% auto #0
 __all__ = ['PAPER_MODEL', 'TRAIN_HELP', 'MODEL_FIELDS', 'add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main',
            'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main', 'eval_parser',
-           'eval_main']
+           'eval_main', 'export_parser', 'export_main']
 
 # %% ../nbs/10_cli.ipynb #f1814cf1
 PAPER_MODEL = dict(backbone="resnet50", ie_after=[2, 3], tau=0.8, local_branch=True, stripes=4, sam=True, cham=True,
@@ -256,3 +257,28 @@ def eval_main(argv: list[str] | None = None) -> None:
     print("  ".join(f"{name} {metrics[key]:.1f}" for key, name in
                     (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))
     print(f"plots and metrics.json in {output}")
+
+# %% ../nbs/10_cli.ipynb #ff0ee770
+def export_parser() -> argparse.ArgumentParser:
+    "The argument parser of `deepminer-export`."
+    parser = argparse.ArgumentParser(
+        prog="deepminer-export",
+        description="Export a deepminer-train checkpoint's feature extractor to ONNX or TorchScript and check that the "
+                    "exported file gives PyTorch's features.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
+    parser.add_argument("--format", choices=sorted(EXPORT_FORMATS), default="onnx", help="(default: %(default)s)")
+    parser.add_argument("--output", help="file to write (default: beside the checkpoint, checkpoint.onnx or checkpoint.torchscript.pt)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest difference allowed from PyTorch's features (default: %(default)s)")
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    "Console script `deepminer-export`: export a checkpoint and print where, at what size, and how close it is."
+    parser = export_parser()
+    args = parser.parse_args(argv)
+    try:
+        info = export_checkpoint(args.checkpoint, args.output, args.format, args.atol)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        parser.error(str(err))
+    print(f"{info['path']}: {info['format']}, input (B, 3, {info['height']}, {info['width']}), features (B, "
+          f"{info['feature_dim']}); largest difference from PyTorch {info['max_abs_diff']:.1e}")

@@ -410,8 +410,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
                     progress=progress, plots_dir=plots_dir, query_images=[r.path for r in data.query],
                     gallery_images=[r.path for r in data.gallery])
 
-# %% ../nbs/06_train.ipynb #7519d61e
-CPU_EPOCHS = 24
+# %% ../nbs/06_train.ipynb #be44b824
+CPU_EPOCHS = 20
 PRESETS = {
     "paper": {},
     "cpu": dict(dataset="synthetic", root="data/synthetic", backbone="resnet18", height=64, width=32, P=16, K=4,
