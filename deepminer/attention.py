@@ -12,7 +12,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['CHAM_GATES', 'SAM', 'CHAM', 'Attention']
 
-# %% ../nbs/03_attention.ipynb #5a632ca9
+# %% ../nbs/03_attention.ipynb #9f51c074
 class SAM(nn.Module):
     """Spatial Attention Module (§3.4, Figure 5): SAM(Y) = Y + γ·BN(Y Fᵀ), with F = softmax(AᵀB) over the key
     positions, A and B being 1×1 convolutions of Y to `channels // reduction` channels."""
@@ -42,7 +42,7 @@ class SAM(nn.Module):
         out = out.transpose(1, 2).reshape(n, c, h, w)             # (B, C, H, W)
         return y + self.gamma * self.bn(out)
 
-# %% ../nbs/03_attention.ipynb #d7e58d57
+# %% ../nbs/03_attention.ipynb #147ad9a5
 CHAM_GATES = ("sigmoid", "softmax")
 
 
@@ -72,7 +72,7 @@ class CHAM(nn.Module):
     def extra_repr(self) -> str:
         return f"gate={self.gate!r}"
 
-# %% ../nbs/03_attention.ipynb #aa3af081
+# %% ../nbs/03_attention.ipynb #6761e170
 class Attention(nn.Module):
     "ATT(Y) = CHAM(SAM(Y)) (§3.4); `sam=False` or `cham=False` replaces that part by the identity (Table 4)."
 
