@@ -66,7 +66,7 @@ def test_center_loss_is_batch_mean_of_squared_distances(shape):
     f = torch.randn(P * K, D)
     labels = torch.arange(P).repeat_interleave(K)
     slow = sum(float(((f[b] - loss.centers[labels[b]].detach()) ** 2).sum()) for b in range(P * K)) / (P * K)
-    assert abs(float(loss(f, labels)) - slow) < 1e-4 * max(1.0, slow)
+    assert abs(float(loss(f, labels).detach()) - slow) < 1e-4 * max(1.0, slow)
 
 
 def test_total_is_eq_2_summed_over_branches():
