@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import Bottleneck
 
 from .attention import CHAM_GATES, Attention
 from .erase import ErO, check_tau
