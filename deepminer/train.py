@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .data import ReIDImages, build_dataloaders, build_dataset, build_transforms
 from .evaluate import evaluate
 from .losses import DeepMinerLoss
-from .model import DeepMiner, check_model_options
+from .model import BranchOutput, DeepMiner, check_model_options
 from .synthetic import make_synthetic_reid
 
 # %% auto #0
@@ -69,7 +69,8 @@ class TrainConfig:
     eval_flip: bool = False
     seed: int = 0
     device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
-    amp: bool = True                      # mixed precision and channels_last, on CUDA only
+    amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
+    cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
 
     def __post_init__(self):
         self.ie_after, self.milestones = tuple(self.ie_after), tuple(self.milestones)
@@ -224,6 +225,8 @@ class Trainer:
         self.output = Path(output) if output is not None else None
         self.device = pick_device(config.device)
         self.amp = config.amp and self.device.type == "cuda"
+        self.autocast_dtype = torch.float16 if self.amp else \
+            torch.bfloat16 if config.cpu_bf16 and self.device.type == "cpu" else None  # None: float32
         seed_everything(config.seed)
         root = Path(config.root)
         if config.dataset == "synthetic" and not root.exists():
@@ -287,9 +290,10 @@ class Trainer:
             images, pids = images.to(self.device, non_blocking=True), pids.to(self.device, non_blocking=True)
             if self.amp:
                 images = images.to(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 outputs = model(images)
-                loss, terms = self.criterion(outputs, pids)
+            outputs = {name: BranchOutput(*(t.float() for t in out)) for name, out in outputs.items()}  # losses in float32
+            loss, terms = self.criterion(outputs, pids)
             if not torch.isfinite(loss):
                 kept = f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept" \
                     if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet"
