@@ -29,7 +29,7 @@ from .visualize import activation_energy, inspect_eval, part_shares, read_part_l
 __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', 'ABLATION_SIZE', 'SEEDS', 'RESULTS',
            'ablation_config', 'branch_part_shares', 'git_commit', 'machine_name', 'load_results', 'save_results',
            'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
-           'part_share_frame', 'plot_part_shares', 'shift_from_global']
+           'part_share_frame', 'plot_part_shares', 'shift_from_global', 'readme_results']
 
 # %% ../nbs/11_ablation.ipynb #8fad89e6
 ABLATION_VARIANTS = {**{k: v for k, v in PAPER_VARIANTS.items() if k != "ie3"},      # ie3 = ie3_tau0.8
@@ -283,3 +283,16 @@ def shift_from_global(records: Sequence[dict], variant: str) -> pd.Series:
     if not distances:
         raise ValueError(f"no part shares recorded for {variant!r}")
     return pd.concat(distances, axis=1).mean(axis=1).drop("global")
+
+# %% ../nbs/11_ablation.ipynb #e2212d94
+def readme_results(records: Sequence[dict]) -> str:
+    "The README's results table: baseline vs the full Deep Miner, mean ± std over seeds, from ablation `records`."
+    summary = summarize(records)
+    epochs = {r["config"]["epochs"] for r in records}
+    lines = [f"| model ({'/'.join(map(str, sorted(epochs)))} epochs, {int(summary.seeds.min())} seeds) | mAP | Rank-1 | "
+             "wall time per run |", "|---|---|---|---|"]
+    for variant, name in (("baseline", "baseline (global branch only)"),
+                          ("deep_miner", "Deep Miner (IE after B2 and B3, local branch, SAM, CHAM)")):
+        s = summary.loc[variant]
+        lines.append(f"| {name} | {s.mAP:.1f} ± {s.mAP_std:.1f} | {s.rank1:.1f} ± {s.rank1_std:.1f} | {s.wall_seconds:.0f} s |")
+    return "\n".join(lines)

@@ -11,12 +11,14 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
+
 from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
 from .ablation import ABLATION_SIZE, PART_VARIANTS, RESULTS, SEEDS, TABLES, run_grid, summarize
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
-from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison, preset,
-                              train, train_with_baseline)
+from .train import (PRESETS, TrainConfig, TrainingDiverged, broadcast_object, evaluate_checkpoint,
+                             format_comparison, init_distributed, preset, train, train_with_baseline)
 
 # %% auto #0
 __all__ = ['PAPER_MODEL', 'TRAIN_HELP', 'MODEL_FIELDS', 'add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main',
@@ -155,7 +157,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepminer-train",
         description="Train Deep Miner. With no arguments: the main job (generate the synthetic benchmark if missing, "
-                    "train Deep Miner and the global-only baseline on the CPU preset, print mAP / Rank-1 / Rank-5 / time).")
+                    "train Deep Miner and the global-only baseline on the CPU preset, print mAP / Rank-1 / Rank-5 / time). "
+                    "Runs unchanged under torchrun --nproc_per_node=N (NCCL on GPUs, gloo on the CPU): --P is per "
+                    "process, the global batch is P*K*N, only rank 0 writes.")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "market1501", "dukemtmcreid", "cuhk03", "msmt17", "custom"],
                         help="dataset to train and evaluate on (default: %(default)s)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
@@ -169,7 +173,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     run = parser.add_argument_group("training (defaults: from --preset)")
     for f in fields(TrainConfig):
-        if f.name in MODEL_FIELDS or f.name in ("dataset", "amp", "cpu_bf16", "eval_flip"):
+        if f.name in MODEL_FIELDS or f.name in ("dataset", "amp", "cpu_bf16", "eval_flip", "augment", "sync_bn"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "milestones":
@@ -183,6 +187,10 @@ def train_parser() -> argparse.ArgumentParser:
                      help="no mixed precision / channels_last on CUDA")
     run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
                      help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
+    run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
+                     help="no random flip, crop or erasing (resize only)")
+    run.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=argparse.SUPPRESS,
+                     help="under torchrun: batch-norm statistics over all processes' batches (SyncBatchNorm)")
     return add_model_arguments(parser, defaults=None)
 
 
@@ -206,10 +214,13 @@ def train_main(argv: list[str] | None = None) -> None:
         config = train_config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    output = Path(args.output or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    rank, world_size, _ = init_distributed(config.device)   # under torchrun; (0, 1, 0) otherwise
+    output = Path(broadcast_object(args.output or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
-    print(f"deepminer-train: {config.dataset} at {config.root}, {config.backbone} {config.height}x{config.width}, "
-          f"{config.epochs} epochs, P={config.P} K={config.K}, lr {config.lr:g} -> {output}")
+    if rank == 0:
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        print(f"deepminer-train: {config.dataset} at {config.root}, {config.backbone} {config.height}x{config.width}, "
+              f"{config.epochs} epochs, P={config.P}{processes} K={config.K}, lr {config.lr:g} -> {output}")
     start = time.perf_counter()
     try:
         if with_baseline:
@@ -220,6 +231,11 @@ def train_main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     except TrainingDiverged as err:
         raise SystemExit(f"deepminer-train: {err}")
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return
     print(f"\n{format_comparison(results)}\n\n(equal epochs; total wall time {time.perf_counter() - start:.0f} s; "
           f"run folder {output})")
 

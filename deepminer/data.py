@@ -426,26 +426,35 @@ def max_batches(groups: Sequence[int], P: int) -> int:
 class RandomIdentitySampler(Sampler[int]):
     """Indices into `train` (records with a `pid`) in batches of P persons × K images (§4.1), the K images of a person
     consecutive. `epoch`: 'images' (every image about once per epoch, Bag of Tricks) or 'identities' (every person at
-    most once). Deterministic given `seed` and the epoch set by `set_epoch`; len = B·P·K, B from `max_batches`."""
+    most once). Deterministic given `seed` and the epoch set by `set_epoch`; len = B·P·K, B from `max_batches`.
+    Distributed (`num_replicas` processes, this one `rank`): every process draws the same global batches of
+    P·num_replicas persons and takes its own P of them, so the processes see different identities and together the
+    batches a single process with P·num_replicas persons would see."""
 
-    def __init__(self, train: Sequence[Record], P: int = 16, K: int = 4, seed: int = 0, epoch: str = "images"):
-        for name, value in (("P", P), ("K", K)):
+    def __init__(self, train: Sequence[Record], P: int = 16, K: int = 4, seed: int = 0, epoch: str = "images",
+                 num_replicas: int = 1, rank: int = 0):
+        for name, value in (("P", P), ("K", K), ("num_replicas", num_replicas)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (P persons × K images per batch), got {value!r}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in 0 … num_replicas - 1 = {num_replicas - 1}, got {rank!r}")
         if epoch not in EPOCH_MODES:
             raise ValueError(f"epoch must be one of {EPOCH_MODES}, got {epoch!r}")
         by_pid = defaultdict(list)
         for index, record in enumerate(train):
             by_pid[record.pid].append(index)
-        if len(by_pid) < P:
-            raise ValueError(f"P = {P} persons per batch, but the training set has only {len(by_pid)} identities: lower P")
-        if P * K > len(train):
-            raise ValueError(f"a batch of P·K = {P}·{K} = {P * K} images is larger than the training set "
+        total = P * num_replicas  # persons per global batch
+        if len(by_pid) < total:
+            raise ValueError(f"P = {P} persons per batch" + (f" on each of {num_replicas} processes" if num_replicas > 1 else "")
+                             + f", but the training set has only {len(by_pid)} identities: lower P")
+        if total * K > len(train):
+            raise ValueError(f"a batch of P·K = {total}·{K} = {total * K} images is larger than the training set "
                              f"({len(train)} images): lower P or K")
         self.P, self.K, self.seed, self.mode, self.epoch = P, K, seed, epoch, 0
+        self.num_replicas, self.rank = num_replicas, rank
         self.indices = [by_pid[pid] for pid in sorted(by_pid)]  # dataset indices of each person
         self.groups = [1 if epoch == "identities" else max(1, len(ix) // K) for ix in self.indices]
-        self.num_batches = max_batches(self.groups, P)
+        self.num_batches = max_batches(self.groups, total)
 
     def set_epoch(self, epoch: int):
         "Draw the batches of epoch `epoch` on the next iteration (seed + epoch seeds the generator)."
@@ -454,10 +463,10 @@ class RandomIdentitySampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_batches * self.P * self.K
 
-    def batches(self) -> list[list[int]]:
-        "This epoch's B batches, each a list of P·K dataset indices (P persons, K consecutive images each)."
+    def global_batches(self) -> list[list[int]]:
+        "This epoch's B batches of all processes, each P·num_replicas·K dataset indices (K consecutive per person)."
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        B, K = self.num_batches, self.K
+        B, K, P = self.num_batches, self.K, self.P * self.num_replicas
         groups = []  # (person, K indices), persons in random order, each with at most B groups
         for person in torch.randperm(len(self.indices), generator=g).tolist():
             ix = self.indices[person]
@@ -465,11 +474,16 @@ class RandomIdentitySampler(Sampler[int]):
             if len(order) < K:  # too few images: each once, then random repeats
                 order += [ix[j] for j in torch.randint(len(ix), (K - len(order),), generator=g).tolist()]
             groups += [order[k * K:(k + 1) * K] for k in range(min(self.groups[person], B))]
-        kept = sorted(torch.randperm(len(groups), generator=g)[: B * self.P].tolist())  # drop surplus groups
+        kept = sorted(torch.randperm(len(groups), generator=g)[: B * P].tolist())  # drop surplus groups
         batches = [[] for _ in range(B)]
         for j, position in enumerate(kept):
             batches[j % B] += groups[position]
         return [batches[b] for b in torch.randperm(B, generator=g).tolist()]
+
+    def batches(self) -> list[list[int]]:
+        "This epoch's B batches of this process, each a list of P·K dataset indices (P persons, K consecutive images each)."
+        size = self.P * self.K
+        return [batch[self.rank * size:(self.rank + 1) * size] for batch in self.global_batches()]
 
     def __iter__(self):
         return iter([index for batch in self.batches() for index in batch])
@@ -568,16 +582,18 @@ class Loaders(NamedTuple):
 def build_dataloaders(dataset: ReIDDataset, height: int = 384, width: int = 128, P: int = 16, K: int = 4,
                       batch_size_test: int = 128, num_workers: int = 4, seed: int = 0, epoch: str = "images",
                       flip_p: float = 0.5, pad: int = 10, erasing_p: float = 0.5, bad_images: str = "raise",
-                      pin_memory: bool | None = None) -> Loaders:
+                      pin_memory: bool | None = None, num_replicas: int = 1, rank: int = 0) -> Loaders:
     """Train, query and gallery DataLoaders of `dataset` at `height`×`width`: train batches of `P` persons × `K`
     images (`RandomIdentitySampler` with `seed` and `epoch`, augmentation `flip_p`, `pad`, `erasing_p`), test batches
-    of `batch_size_test`. `bad_images` as in `ReIDImages`; `pin_memory` None: pin when CUDA is available."""
+    of `batch_size_test`. `bad_images` as in `ReIDImages`; `pin_memory` None: pin when CUDA is available.
+    Distributed training: `num_replicas` processes, this one `rank` (see `RandomIdentitySampler`); the test loaders
+    are the same in every process."""
     if isinstance(batch_size_test, bool) or not isinstance(batch_size_test, int) or batch_size_test < 1:
         raise ValueError(f"batch_size_test must be a positive integer, got {batch_size_test!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an integer >= 0 (0 loads in the main process), got {num_workers!r}")
     train_images = ReIDImages(dataset.train, build_transforms(height, width, True, flip_p, pad, erasing_p), bad_images=bad_images)
-    sampler = RandomIdentitySampler(train_images.records, P, K, seed=seed, epoch=epoch)
+    sampler = RandomIdentitySampler(train_images.records, P, K, seed=seed, epoch=epoch, num_replicas=num_replicas, rank=rank)
     test_transform = build_transforms(height, width, train=False)
     common = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
     return Loaders(

@@ -9,11 +9,14 @@ import json
 import os
 import random
 import time
+from datetime import timedelta
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
 from torch.utils.data import DataLoader
@@ -27,8 +30,9 @@ from .synthetic import make_synthetic_reid
 # %% auto #0
 __all__ = ['RESUMABLE_CHANGES', 'CPU_EPOCHS', 'PRESETS', 'TrainConfig', 'lr_at_epoch', 'pick_device', 'seed_everything',
            'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'Callback', 'LogFile', 'format_epoch',
-           'TrainingDiverged', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'preset', 'baseline_config',
-           'train_with_baseline', 'format_comparison']
+           'init_distributed', 'barrier', 'broadcast_object', 'gather_objects', 'gather_batch', 'DistributedBatchNorm',
+           'convert_sync_batchnorm', 'TrainingDiverged', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint',
+           'preset', 'baseline_config', 'train_with_baseline', 'format_comparison']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -71,6 +75,8 @@ class TrainConfig:
     device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
     amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
     cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
+    augment: bool = True                  # random flip, pad + crop, random erasing (§4.1); False: resize only
+    sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
     def __post_init__(self):
         self.ie_after, self.milestones = tuple(self.ie_after), tuple(self.milestones)
@@ -210,6 +216,110 @@ def format_epoch(logs: dict) -> str:
     return (f"epoch {logs['epoch']:>3}  lr {logs['lr']:.2e}  loss {logs['loss']:.3f}  acc [{accuracy}]  "
             f"{logs['seconds']:.1f}s")
 
+# %% ../nbs/06_train.ipynb #2bf4f3bf
+def init_distributed(device: str = "auto") -> tuple[int, int, int]:
+    """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK): NCCL when
+    CUDA is used, gloo otherwise. Returns (rank, world_size, local_rank): (0, 1, 0) outside torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=1))  # rank 0 evaluates alone
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier():
+    "Wait for every process (nothing to wait for outside distributed training)."
+    if _distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    "The main process's `obj` in every process (a picklable object); `obj` itself outside distributed training."
+    if not _distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    "[obj of process 0, obj of process 1, …] in every process; [obj] outside distributed training."
+    if not _distributed():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def gather_batch(outputs: dict[str, BranchOutput], pids: torch.Tensor) -> tuple[dict[str, BranchOutput], torch.Tensor]:
+    """Every process's branch outputs and labels, concatenated in rank order: the global batch. The all-gather is
+    differentiable: each process's part gets the gradients of every process's loss."""
+    from torch.distributed.nn.functional import all_gather  # differentiable; imported here for builds without it
+
+    def cat(t):
+        return torch.cat(all_gather(t.contiguous()))                          # (N·B, ...)
+    pids_all = [torch.empty_like(pids) for _ in range(dist.get_world_size())]
+    dist.all_gather(pids_all, pids)
+    return {name: BranchOutput(*(cat(t) for t in out)) for name, out in outputs.items()}, torch.cat(pids_all)
+
+# %% ../nbs/06_train.ipynb #84f3342a
+class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm with the statistics of all processes' batches together (differentiable all-reduce of the sums):
+    `nn.SyncBatchNorm` for devices it does not support, the CPU with gloo. Inputs (B, C, ...); a plain batch norm
+    outside distributed training and in eval mode."""
+
+    def _check_input_dim(self, x: torch.Tensor):
+        if x.dim() < 2:
+            raise ValueError(f"expected input of shape (B, C, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _distributed()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable
+        C, dims = x.shape[1], [0, *range(2, x.dim())]
+        x32 = x.float()
+        count = torch.full((1,), x.numel() / C, device=x.device)
+        sums = all_reduce(torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count]))  # (2C + 1,) over all processes
+        n = sums[-1]
+        mean = sums[:C] / n                                                      # (C,)
+        var = (sums[C:2 * C] / n - mean * mean).clamp_min(0)                     # (C,) biased, used to normalize
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)  # unbiased, as torch's
+        shape = (1, C) + (1,) * (x.dim() - 2)
+        y = (x32 - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` with every batch norm synchronized across processes: `nn.SyncBatchNorm` if `model` is on CUDA,
+    `DistributedBatchNorm` otherwise (sharing the parameters and buffers, so a frozen bias stays frozen)."""
+    if any(p.is_cuda for p in model.parameters()):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, DistributedBatchNorm):
+                sync = DistributedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                            child.track_running_stats)
+                for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                    setattr(sync, key, getattr(child, key))
+                setattr(module, name, sync)
+    return model
+
 # %% ../nbs/06_train.ipynb #3aa46595
 class TrainingDiverged(RuntimeError):
     "Raised when the loss becomes NaN or infinite; the run folder keeps the last good checkpoint."
@@ -221,26 +331,41 @@ class Trainer:
     `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed), `step` (batches so far), `history`."""
 
     def __init__(self, config: TrainConfig, output: str | Path | None = None, callbacks=(), progress: bool = True):
-        self.config, self.callbacks, self.progress = config, list(callbacks), progress
+        self.rank, self.world_size, local_rank = init_distributed(config.device)
+        self.is_main = self.rank == 0   # only the main process writes files, prints and evaluates
+        self.config, self.callbacks, self.progress = config, list(callbacks), progress and self.is_main
         self.output = Path(output) if output is not None else None
         self.device = pick_device(config.device)
+        if self.world_size > 1 and self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not {self.device.type}")
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
         self.amp = config.amp and self.device.type == "cuda"
         self.autocast_dtype = torch.float16 if self.amp else \
             torch.bfloat16 if config.cpu_bf16 and self.device.type == "cpu" else None  # None: float32
         seed_everything(config.seed)
         root = Path(config.root)
-        if config.dataset == "synthetic" and not root.exists():
-            make_synthetic_reid(root, seed=0, progress=progress)
+        if config.dataset == "synthetic" and not root.exists() and self.is_main:
+            make_synthetic_reid(root, seed=0, progress=self.progress)
+        barrier()                                   # the others wait for the main process's data
         self.dataset = build_dataset(config.dataset, root)
         workers = config.num_workers if config.num_workers is not None else (4 if self.device.type == "cuda" else 0)
+        augment = dict(flip_p=0.5, pad=10, erasing_p=0.5) if config.augment else dict(flip_p=0, pad=0, erasing_p=0)
         self.loaders = build_dataloaders(self.dataset, config.height, config.width, config.P, config.K,
-                                         num_workers=workers, seed=config.seed)
+                                         num_workers=workers, seed=config.seed, num_replicas=self.world_size,
+                                         rank=self.rank, **augment)
         self.num_classes = self.dataset.num_train_ids
         self.model = DeepMiner(self.num_classes, **config.model_kwargs()).to(self.device)
+        if config.sync_bn and self.world_size > 1:
+            self.model = convert_sync_batchnorm(self.model)
         if self.amp:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = DeepMinerLoss(self.num_classes, self.model.feature_dims, config.label_smoothing,
                                        config.center_weight).to(self.device)
+        self.forward_model = self.model if self.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        if self.rank > 0:  # same initialisation everywhere (seeded above), different augmentations from here on
+            seed_everything(config.seed + 1000 * self.rank)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=lr_at_epoch(0, config), weight_decay=config.weight_decay)
         self.center_optimizer = torch.optim.SGD(self.criterion.parameters(), lr=config.center_lr)
@@ -261,7 +386,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "center_optimizer": self.center_optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
-                "metrics": self.metrics, "rng": rng_states(), "config": self.config.to_dict()}
+                "metrics": self.metrics, "rng": rng_states(), "rng_ranks": gather_objects(rng_states()),
+                "config": self.config.to_dict()}
 
     def load_state_dict(self, state: dict):
         "Continue from a `state_dict()`: weights, optimizers, schedule position, history and random generators."
@@ -272,7 +398,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.metrics = list(state["history"]), dict(state["metrics"])
-        set_rng_states(state["rng"])
+        ranks = state.get("rng_ranks", [state["rng"]])
+        if len(ranks) == self.world_size:
+            set_rng_states(ranks[self.rank])
+        else:  # resumed with another number of processes: generators continue from the main process's, reseeded
+            set_rng_states(state["rng"])
+            if self.rank > 0:
+                seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
 
     def train_epoch(self) -> dict:
         "Train one epoch and return its log entry (also appended to `history`)."
@@ -291,8 +423,10 @@ class Trainer:
             if self.amp:
                 images = images.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                outputs = model(images)
+                outputs = self.forward_model(images)
             outputs = {name: BranchOutput(*(t.float() for t in out)) for name, out in outputs.items()}  # losses in float32
+            if self.world_size > 1:  # the loss of the global batch, the same in every process
+                outputs, pids = gather_batch(outputs, pids)
             loss, terms = self.criterion(outputs, pids)
             if not torch.isfinite(loss):
                 kept = f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept" \
@@ -328,8 +462,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         "Evaluate the model on the query and gallery sets (metrics in percent); recorded in the current epoch's log."
-        self.metrics = evaluate(self.model, self.loaders.query, self.loaders.gallery, flip=self.config.eval_flip,
-                                device=self.device, progress=self.progress)
+        if self.is_main:
+            self.metrics = evaluate(self.model, self.loaders.query, self.loaders.gallery, flip=self.config.eval_flip,
+                                    device=self.device, progress=self.progress)
+        self.metrics = broadcast_object(self.metrics)
         if self.history:
             self.history[-1].update({f"eval/{k}": v for k, v in self.metrics.items()})
         self._call("on_evaluate", self.metrics)
@@ -344,7 +480,10 @@ class Trainer:
             if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
                 self.evaluate()
             if self.checkpoint_path is not None:
-                save_checkpoint(self.checkpoint_path, self.state_dict())
+                state = self.state_dict()               # every process: it gathers their generators' states
+                if self.is_main:
+                    save_checkpoint(self.checkpoint_path, state)
+                barrier()
         if not self.metrics:  # a finished run resumed: nothing left to train
             self.evaluate()
         self._call("on_train_end")
@@ -371,18 +510,21 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
         if changed:
             raise ValueError(f"cannot resume {output} with other settings: "
                              + ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    trainer = Trainer(config, output, callbacks=[LogFile(output / "log"), *callbacks], progress=progress)
+    trainer = Trainer(config, output, callbacks=callbacks, progress=progress)
+    if trainer.is_main:  # under torchrun only the main process writes
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        trainer.callbacks.insert(0, LogFile(output / "log"))
     if state is not None:
         trainer.load_state_dict(state)
     start = time.perf_counter()
     metrics = trainer.fit()
     result = {**metrics, "epochs": trainer.epoch, "train_seconds_this_process": round(time.perf_counter() - start, 1),
               "history": trainer.history}
-    tmp = output / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, output / "metrics.json")
+    if trainer.is_main:
+        tmp = output / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, output / "metrics.json")
     return result
 
 # %% ../nbs/06_train.ipynb #93ecca66
