@@ -249,12 +249,17 @@ class DeepMiner(nn.Module):
             feature_maps["local"] = self.local_branch(block_outputs[3])
         return Inspection(block_outputs, feature_maps, erase_inputs, erase_masks)
 
+    def branch_head(self, name: str, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "Branch `name`'s pooling and BNNeck on its last feature maps (B, C, h, w): (f_Br, BNNeck features, logits)."
+        features = self.pools[name](maps).flatten(1)         # (B, D_branch) f_Br
+        bn_features, logits = self.heads[name](features)     # (B, D_branch), (B, num_classes)
+        return features, bn_features, logits
+
     def forward(self, x: torch.Tensor) -> dict[str, BranchOutput] | torch.Tensor:
         "Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1."
         outputs, normalized = {}, []
         for name, maps in self.inspect(x).feature_maps.items():
-            features = self.pools[name](maps).flatten(1)     # (B, D_branch) f_Br
-            bn_features, logits = self.heads[name](features) # (B, D_branch), (B, num_classes)
+            features, bn_features, logits = self.branch_head(name, maps)
             outputs[name] = BranchOutput(features, logits)
             normalized.append(bn_features)
         return outputs if self.training else torch.cat(normalized, dim=1)

@@ -186,8 +186,7 @@ class BranchHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "The branch's logits or embedding for images `x`, through the model's own inspection, pooling and head."
         maps = self.model.inspect(x).feature_maps[self.branch]                  # (B, C, h, w)
-        features = self.model.pools[self.branch](maps).flatten(1)              # (B, D)
-        embedding, logits = self.model.heads[self.branch](features)            # (B, D), (B, num_classes)
+        _, embedding, logits = self.model.branch_head(self.branch, maps)       # (B, D), (B, num_classes)
         return logits if self.output == "logits" else embedding
 
 # %% ../nbs/08_visualize.ipynb #27512127
