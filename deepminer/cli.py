@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
-from .ablation import ABLATION_SIZE, PART_VARIANTS, RESULTS, SEEDS, TABLES, run_grid, summarize
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
 from .train import (PRESETS, TrainConfig, TrainingDiverged, broadcast_object, evaluate_checkpoint,
@@ -305,6 +304,7 @@ def export_main(argv: list[str] | None = None) -> None:
 # %% ../nbs/10_cli.ipynb #198a6c00
 def ablate_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-ablate`."
+    from deepminer.ablation import ABLATION_SIZE, RESULTS, SEEDS  # here: the ablation module loads pandas
     parser = argparse.ArgumentParser(
         prog="deepminer-ablate",
         description="Train and evaluate the paper's ablation variants (Figure 7, Tables 1-4) x seeds on the synthetic "
@@ -323,6 +323,7 @@ def ablate_parser() -> argparse.ArgumentParser:
 
 def ablate_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-ablate`: run (the missing part of) the ablation grid and print its summary."
+    from deepminer.ablation import PART_VARIANTS, TABLES, run_grid, summarize
     parser = ablate_parser()
     args = parser.parse_args(argv)
     if args.list:

@@ -386,7 +386,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "center_optimizer": self.center_optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
-                "metrics": self.metrics, "rng": rng_states(), "rng_ranks": gather_objects(rng_states()),
+                "metrics": self.metrics, "rng": gather_objects(rng_states()),   # one entry per process
                 "config": self.config.to_dict()}
 
     def load_state_dict(self, state: dict):
@@ -398,11 +398,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.metrics = list(state["history"]), dict(state["metrics"])
-        ranks = state.get("rng_ranks", [state["rng"]])
+        ranks = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]   # a dict: an older checkpoint
         if len(ranks) == self.world_size:
             set_rng_states(ranks[self.rank])
         else:  # resumed with another number of processes: generators continue from the main process's, reseeded
-            set_rng_states(state["rng"])
+            set_rng_states(ranks[0])
             if self.rank > 0:
                 seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
 
