@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ from .train import (PRESETS, TrainConfig, TrainingDiverged, broadcast_object, ev
 # %% auto #0
 __all__ = ['PAPER_MODEL', 'TRAIN_HELP', 'MODEL_FIELDS', 'add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main',
            'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main', 'eval_parser',
-           'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main']
+           'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main', 'reference_parser',
+           'reference_main']
 
 # %% ../nbs/10_cli.ipynb #f1814cf1
 PAPER_MODEL = dict(backbone="resnet50", ie_after=[2, 3], tau=0.8, local_branch=True, stripes=4, sam=True, cham=True,
@@ -338,3 +340,43 @@ def ablate_main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     print(summarize(records).round(1).to_string())
     print(f"results cached in {args.results}")
+
+# %% ../nbs/10_cli.ipynb #ceecbf37
+def reference_parser() -> argparse.ArgumentParser:
+    "The argument parser of `deepminer-reference`."
+    from deepminer.reference import REFERENCE_RESULTS, REFERENCE_RUNS, REFERENCE_SEEDS, REFERENCE_VARIANTS
+    parser = argparse.ArgumentParser(
+        prog="deepminer-reference",
+        description="Train the reference models (Deep Miner and its tau = 1 control, ResNet-18 at 128x64 on the "
+                    "synthetic set) until converged, resuming interrupted runs; cache each finished run in --results; "
+                    "optionally write the seed-0 Deep Miner's trunk (through B3, half precision) to --trunk.")
+    parser.add_argument("--variants", nargs="+", choices=list(REFERENCE_VARIANTS), help="(default: both)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(REFERENCE_SEEDS), help="(default: 0 1 2)")
+    parser.add_argument("--runs", default=str(REFERENCE_RUNS), help="folder of the run folders (default: %(default)s)")
+    parser.add_argument("--results", default=str(REFERENCE_RESULTS), help="the results cache (default: %(default)s)")
+    parser.add_argument("--root", help="synthetic set folder (default: data/synthetic, generated if missing)")
+    parser.add_argument("--trunk", metavar="FILE", help="write the trunk of <runs>/deep_miner-seed0 to FILE")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def reference_main(argv: list[str] | None = None) -> None:
+    "Console script `deepminer-reference`: train what the reference cache lacks, print the runs, write the trunk."
+    from deepminer.reference import reference_table, run_references, save_trunk
+    parser = reference_parser()
+    args = parser.parse_args(argv)
+    overrides = {"root": args.root} if args.root else {}
+    command = " ".join(["deepminer-reference", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        records = run_references(args.variants, args.seeds, args.runs, args.results, command, not args.quiet, **overrides)
+        print(reference_table(records))
+        if args.trunk:
+            source = next((r for r in records if (r["variant"], r["seed"]) == ("deep_miner", 0)), None)
+            if source is None:
+                raise ValueError("--trunk needs the seed-0 deep_miner run: include seed 0 and deep_miner")
+            keys = ("variant", "seed", "epochs", "mAP", "rank1", "commit", "date")
+            path = save_trunk(Path(args.runs) / "deep_miner-seed0" / "checkpoint.pt", args.trunk,
+                              {k: source[k] for k in keys})
+            print(f"trunk written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        parser.error(str(err))

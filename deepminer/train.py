@@ -328,7 +328,8 @@ class TrainingDiverged(RuntimeError):
 class Trainer:
     """Trains a `DeepMiner` as `config` says. `output`: the run folder for checkpoints (None: keep nothing on disk).
     `callbacks`: `Callback`s called during `fit`. Attributes a callback may read: `config`, `model`, `criterion`,
-    `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed), `step` (batches so far), `history`."""
+    `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed), `step` (batches so far), `history`.
+    A callback may set `stop_training = True`: `fit` then ends after the current epoch's evaluation and checkpoint."""
 
     def __init__(self, config: TrainConfig, output: str | Path | None = None, callbacks=(), progress: bool = True):
         self.rank, self.world_size, local_rank = init_distributed(config.device)
@@ -371,6 +372,7 @@ class Trainer:
         self.center_optimizer = torch.optim.SGD(self.criterion.parameters(), lr=config.center_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch, self.step, self.history, self.metrics = 0, 0, [], {}
+        self.stop_training = False
 
     def _call(self, hook: str, *args):
         for callback in self.callbacks:
@@ -472,10 +474,11 @@ class Trainer:
         return self.metrics
 
     def fit(self) -> dict:
-        "Train until `config.epochs`, evaluating and checkpointing as configured; returns the final metrics."
+        """Train until `config.epochs` (or until a callback sets `stop_training`), evaluating and checkpointing as
+        configured; returns the final metrics."""
         config = self.config
         self._call("on_train_begin")
-        while self.epoch < config.epochs:
+        while self.epoch < config.epochs and not self.stop_training:
             self._call("on_epoch_end", self.train_epoch())
             if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
                 self.evaluate()
