@@ -29,7 +29,8 @@ from .visualize import activation_energy, inspect_eval, part_shares, read_part_l
 __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', 'ABLATION_SIZE', 'SEEDS', 'RESULTS',
            'ablation_config', 'branch_part_shares', 'git_commit', 'machine_name', 'load_results', 'save_results',
            'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
-           'part_share_frame', 'plot_part_shares', 'shift_from_global', 'readme_results']
+           'part_share_frame', 'plot_part_shares', 'shift_from_global', 'part_share_difference',
+           'plot_part_share_difference', 'readme_results']
 
 # %% ../nbs/11_ablation.ipynb #8fad89e6
 ABLATION_VARIANTS = {**{k: v for k, v in PAPER_VARIANTS.items() if k != "ie3"},      # ie3 = ie3_tau0.8
@@ -262,12 +263,12 @@ def part_share_frame(records: Sequence[dict], variant: str) -> tuple[pd.DataFram
     return grouped.mean(), grouped.std()
 
 
-def plot_part_shares(records: Sequence[dict], variant: str, ax=None):
-    "Heat map of `variant`'s part shares, branches × parts, annotated 'mean±std' (percent over seeds)."
+def plot_part_shares(records: Sequence[dict], variant: str, ax=None, decimals: int = 1):
+    "Heat map of `variant`'s part shares, branches × parts, annotated 'mean±std' (percent over seeds, `decimals` places)."
     import matplotlib.pyplot as plt
     import seaborn as sns
     mean, std = part_share_frame(records, variant)
-    labels = mean.round(0).astype(int).astype(str) + "±" + std.fillna(0).round(0).astype(int).astype(str)
+    labels = mean.map(lambda v: f"{v:.{decimals}f}") + "±" + std.fillna(0).map(lambda v: f"{v:.{decimals}f}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.6 * len(mean) + 1))
     sns.heatmap(mean, annot=labels, fmt="", cmap="viridis", vmin=0, vmax=max(50, float(mean.values.max())),
@@ -287,6 +288,33 @@ def shift_from_global(records: Sequence[dict], variant: str) -> pd.Series:
     if not distances:
         raise ValueError(f"no part shares recorded for {variant!r}")
     return pd.concat(distances, axis=1).mean(axis=1).drop("global")
+
+
+def part_share_difference(records: Sequence[dict], variant: str, control: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`variant`'s part shares minus `control`'s, paired by seed (percentage points): mean and std over the seeds both
+    have, two DataFrames, branches × parts."""
+    shares = {(r["variant"], r["seed"]): pd.DataFrame(r["part_shares"]).T * 100 for r in records if "part_shares" in r}
+    seeds = sorted(s for v, s in shares if v == variant and (control, s) in shares)
+    if not seeds:
+        raise ValueError(f"no seed has part shares for both {variant!r} and {control!r}")
+    stacked = pd.concat({s: shares[variant, s] - shares[control, s] for s in seeds})    # (seed, branch) × part
+    grouped = stacked.groupby(level=1, sort=False)
+    return grouped.mean(), grouped.std()
+
+
+def plot_part_share_difference(records: Sequence[dict], variant: str, control: str, ax=None):
+    "Heat map of `part_share_difference`: red where `variant`'s branch has more of its mass than `control`'s, blue less."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    mean, std = part_share_difference(records, variant, control)
+    labels = mean.map(lambda v: f"{v:+.1f}") + "±" + std.fillna(0).map(lambda v: f"{v:.1f}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.6 * len(mean) + 1))
+    limit = max(1.0, float(mean.abs().values.max()))
+    sns.heatmap(mean, annot=labels, fmt="", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                cbar_kws={"label": "percentage points"}, ax=ax)
+    ax.set(xlabel="", ylabel="", title=f"{variant} − {control}, paired by seed")
+    return ax
 
 # %% ../nbs/11_ablation.ipynb #e2212d94
 def readme_results(records: Sequence[dict]) -> str:

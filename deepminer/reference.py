@@ -23,8 +23,8 @@ from .train import Callback, TrainConfig, load_checkpoint, load_model, save_chec
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',
            'TRUNK_PREFIXES', 'reference_config', 'check_from', 'convergence_check', 'StopWhenConverged',
-           'run_reference', 'run_references', 'save_trunk', 'load_reference_trunk', 'reference_probe',
-           'load_references', 'reference_table', 'plot_learning_curves']
+           'run_reference', 'run_references', 'trunk_fingerprint', 'save_trunk', 'load_reference_trunk',
+           'reference_probe', 'load_references', 'reference_table', 'plot_learning_curves']
 
 # %% ../nbs/06a_reference.ipynb #c218937a
 REFERENCE_SIZE = dict(dataset="synthetic", root="data/synthetic", backbone="resnet18", height=128, width=64, P=8, K=4,
@@ -135,6 +135,18 @@ def run_references(variants: Sequence[str] | None = None, seeds: Sequence[int] =
 TRUNK_PREFIXES = ("stem.", "stages.0.", "stages.1.", "stages.2.")  # the global branch through B3 (attention included)
 
 
+def trunk_fingerprint(model: DeepMiner, height: int, width: int) -> list[float]:
+    """Mean, mean absolute value and standard deviation of `model`'s Y_1, Y_2, Y_3 (eval mode) for one fixed input
+    (a ramp over (1, 3, height, width)): a check that weights and code still give the same features."""
+    x = torch.linspace(-2, 2, 3 * height * width).reshape(1, 3, height, width)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = model.inspect(x).block_outputs
+    model.train(was_training)
+    return [round(float(f(outputs[i])), 6) for i in (1, 2, 3) for f in (torch.mean, lambda y: y.abs().mean(), torch.std)]
+
+
 def save_trunk(checkpoint: str | Path, path: str | Path, source: dict | None = None) -> Path:
     """Write the trunk through B3 (`TRUNK_PREFIXES`) of the model in training `checkpoint` to `path` in half precision,
     with what is needed to rebuild the network (its options, input size) and `source` (provenance); atomically."""
@@ -146,15 +158,19 @@ def save_trunk(checkpoint: str | Path, path: str | Path, source: dict | None = N
                "num_classes": weights["heads.global.classifier.weight"].shape[0]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"format": "deepminer-trunk-1", "model": options, "height": config.height,
-                           "width": config.width, "trunk": trunk, "source": source or {}})
+    data = {"format": "deepminer-trunk-1", "model": options, "height": config.height, "width": config.width,
+            "trunk": trunk, "source": source or {}}
+    save_checkpoint(path, data)
+    data["fingerprint"] = trunk_fingerprint(load_reference_trunk(path), config.height, config.width)  # as loaded
+    save_checkpoint(path, data)
     return path
 
 
 def load_reference_trunk(path: str | Path = TRUNK_WEIGHTS, device: str | torch.device = "cpu") -> DeepMiner:
     """The network of the trunk file `path` (default: the one shipped with the package) in eval mode: the trunk's
     weights in float32, every other parameter and buffer NaN. Its `inspect` gives the trained Y_1…Y_3 and erase masks;
-    `reference_input` says its input size and where it came from."""
+    `reference_input` says its input size and where it came from. A file that holds a `trunk_fingerprint` is checked
+    against it: a network that no longer computes the same features from these weights is an error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trunk weights at {path}: rebuild them with `deepminer-reference --trunk {path}`")
@@ -173,6 +189,11 @@ def load_reference_trunk(path: str | Path = TRUNK_WEIGHTS, device: str | torch.d
             if not name.startswith(TRUNK_PREFIXES) and tensor.is_floating_point():
                 tensor.fill_(float("nan"))
     model.reference_input = {"height": data["height"], "width": data["width"], **data["source"]}
+    if "fingerprint" in data:
+        now = trunk_fingerprint(model, data["height"], data["width"])
+        if not torch.allclose(torch.tensor(now), torch.tensor(data["fingerprint"]), rtol=1e-3, atol=1e-5):
+            raise ValueError(f"{path}: the network no longer computes the features these weights were saved with "
+                             f"(fingerprint {now} != {data['fingerprint']}); rebuild them with deepminer-reference --trunk")
     return model.to(device).eval()
 
 # %% ../nbs/06a_reference.ipynb #1d744800

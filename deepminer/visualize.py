@@ -22,10 +22,10 @@ from .model import DeepMiner, Inspection
 from .synthetic import PARTS
 
 # %% auto #0
-__all__ = ['model_device', 'inspect_eval', 'activation_energy', 'minmax_per_image', 'activation_map', 'to_pictures',
-           'heat_overlay', 'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay', 'figure2', 'branch_layer',
-           'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam', 'part_layout_path', 'read_part_layouts',
-           'part_shares']
+__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'model_device', 'inspect_eval', 'activation_energy', 'minmax_per_image',
+           'activation_map', 'part_layout_path', 'read_part_layouts', 'part_shares', 'to_pictures', 'heat_overlay',
+           'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2',
+           'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
 def model_device(model: nn.Module) -> torch.device:
@@ -68,6 +68,49 @@ def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
 def activation_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     "Figure 2's map of feature maps `maps` (B, C, h, w): `activation_energy` at `size`, min-max normalized per image."
     return minmax_per_image(activation_energy(maps, size))                            # (B, H, W) in [0, 1]
+
+# %% ../nbs/08_visualize.ipynb #a36ed7a6
+def part_layout_path(image_path: str | Path) -> Path:
+    "Where the synthetic set keeps the part layout of `image_path` (root/<folder>/<name>): root/parts/<folder>/<stem>.png."
+    image_path = Path(image_path)
+    return image_path.parent.parent / "parts" / image_path.parent.name / f"{image_path.stem}.png"
+
+
+def read_part_layouts(image_paths: Sequence[str | Path], height: int, width: int) -> torch.Tensor:
+    """The part labels (indices into `PARTS`) of the synthetic images `image_paths`, resized to `height`×`width` with
+    nearest neighbours like the images: int64 (B, height, width)."""
+    layouts = []
+    for path in image_paths:
+        layout_path = part_layout_path(path)
+        if not layout_path.is_file():
+            raise FileNotFoundError(f"no part layout for {path} at {layout_path}: part layouts exist only for images of "
+                                    "a synthetic set (deepminer.synthetic.make_synthetic_reid)")
+        with Image.open(layout_path) as layout:
+            layouts.append(np.asarray(layout.resize((width, height), Image.NEAREST)))
+    return torch.from_numpy(np.stack(layouts).astype(np.int64))
+
+
+def part_shares(energies: dict[str, torch.Tensor], layouts: torch.Tensor, parts: Sequence[str] = PARTS,
+                per_image: bool = False) -> dict[str, torch.Tensor]:
+    """Each branch's share of activation mass per part: `energies` {branch: (B, H, W) >= 0} (e.g. `activation_energy`),
+    `layouts` (B, H, W) part indices into `parts`. Returns {branch: (len(parts),) float64 tensor summing to 1}: per
+    image the mass on each part over the image's mass, averaged over the images (`per_image`: not averaged, (B, P))."""
+    if layouts.dim() != 3 or layouts.min() < 0 or layouts.max() >= len(parts):
+        raise ValueError(f"layouts must be (B, H, W) part indices in 0 … {len(parts) - 1}")
+    onehot = F.one_hot(layouts, len(parts)).double()                        # (B, H, W, P)
+    shares = {}
+    for name, energy in energies.items():
+        if energy.shape != layouts.shape:
+            raise ValueError(f"energies[{name!r}] has shape {tuple(energy.shape)}, the layouts {tuple(layouts.shape)}")
+        if (energy < 0).any():
+            raise ValueError(f"energies[{name!r}] has negative values; activation mass must be >= 0")
+        mass = torch.einsum("bhw,bhwp->bp", energy.double().cpu(), onehot)  # (B, P)
+        total = mass.sum(1, keepdim=True)
+        if (total == 0).any():
+            raise ValueError(f"energies[{name!r}] is zero everywhere on image(s) "
+                             f"{torch.nonzero(total[:, 0] == 0).flatten().tolist()}: no mass to share")
+        shares[name] = mass / total if per_image else (mass / total).mean(0)  # (B, P) or (P,)
+    return shares
 
 # %% ../nbs/08_visualize.ipynb #448b47e9
 def to_pictures(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
@@ -144,9 +187,24 @@ def mask_overlay(pictures: np.ndarray, mask: torch.Tensor, darken: float = 0.75)
     return np.round(pictures * (1 - darken * (1 - kept.numpy()))).astype(np.uint8)
 
 
-def figure2(model: DeepMiner, images: torch.Tensor, masks: bool = False, fig: Figure | None = None) -> Figure:
+PART_COLOURS = {"head": "#f0e442", "torso": "#ffffff", "legs": "#56b4e9", "shoes": "#e69f00", "accessory": "#cc79a7"}
+PART_ABBREVIATIONS = {"background": "bg", "head": "head", "torso": "torso", "legs": "legs", "shoes": "shoes",
+                      "accessory": "acc"}
+
+
+def draw_part_outlines(ax, layout: np.ndarray, parts: Sequence[str] = PARTS, linewidth: float = 0.8):
+    "Outline each body part of `layout` (H, W) part indices on `ax`, in the colour `PART_COLOURS` gives it."
+    for index, part in enumerate(parts):
+        if part in PART_COLOURS and (layout == index).any():
+            ax.contour((layout == index).astype(float), levels=[0.5], colors=[PART_COLOURS[part]], linewidths=linewidth)
+
+
+def figure2(model: DeepMiner, images: torch.Tensor, masks: bool = False, layouts: torch.Tensor | None = None,
+            fig: Figure | None = None, cell: float = 1.0) -> Figure:
     """The paper's Figure 2 for `images` (B, 3, H, W): per row the image and every branch's activation map over it
-    (G, IE…, L); with `masks`, also each IE branch's erase mask over the image. Drawn on `fig` (default: a new one)."""
+    (G, IE…, L), with a colour bar; with `masks`, also each IE branch's erase mask over the image. With the part
+    `layouts` (B, H, W) of synthetic images (`read_part_layouts`): the parts outlined on the image and, under each
+    map, that branch's share of activation mass per part for that image (`part_shares`, percent)."""
     inspection = inspect_eval(model, images)
     pictures = to_pictures(images)
     size = pictures.shape[1:3]
@@ -157,7 +215,23 @@ def figure2(model: DeepMiner, images: torch.Tensor, masks: bool = False, fig: Fi
         for name, mask in inspection.erase_masks.items():
             k = int(name.removeprefix("ie"))
             columns[f"M{k} (B{model.ie_branches[k - 1].position})"] = mask_overlay(pictures, mask)
-    return picture_grid(columns, fig=fig)
+    fig = picture_grid(columns, fig=fig, cell=cell)
+    axes = np.asarray(fig.axes).reshape(len(pictures), len(columns))
+    fig.colorbar(matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), "jet"), ax=axes[:, -1], shrink=0.5,
+                 label="activation (min–max per map)")
+    if layouts is not None:
+        energies = {name: activation_energy(maps, size) for name, maps in inspection.feature_maps.items()}
+        shares = part_shares(energies, layouts, per_image=True)                   # branch -> (B, P)
+        for i in range(len(pictures)):
+            draw_part_outlines(axes[i, 0], layouts[i].numpy())
+            for j, name in enumerate(inspection.feature_maps, start=1):
+                text = [f"{PART_ABBREVIATIONS[p]} {100 * s:.0f}" for p, s in zip(PARTS, shares[name][i].tolist())]
+                axes[i, j].set_xlabel("\n".join(" ".join(text[k:k + 2]) for k in range(0, len(text), 2)),
+                                      fontsize=6, labelpad=1)
+        handles = [matplotlib.lines.Line2D([], [], color=c, lw=2, label=p) for p, c in PART_COLOURS.items()]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7, frameon=False,
+                   facecolor="grey", title="outlines; under each map: % of its activation per part", title_fontsize=7)
+    return fig
 
 # %% ../nbs/08_visualize.ipynb #94432546
 def branch_layer(model: DeepMiner, branch: str) -> nn.Module:
@@ -232,45 +306,3 @@ def branch_grad_cam(model: DeepMiner, images: torch.Tensor, branch: str, pids: S
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-
-# %% ../nbs/08_visualize.ipynb #a36ed7a6
-def part_layout_path(image_path: str | Path) -> Path:
-    "Where the synthetic set keeps the part layout of `image_path` (root/<folder>/<name>): root/parts/<folder>/<stem>.png."
-    image_path = Path(image_path)
-    return image_path.parent.parent / "parts" / image_path.parent.name / f"{image_path.stem}.png"
-
-
-def read_part_layouts(image_paths: Sequence[str | Path], height: int, width: int) -> torch.Tensor:
-    """The part labels (indices into `PARTS`) of the synthetic images `image_paths`, resized to `height`×`width` with
-    nearest neighbours like the images: int64 (B, height, width)."""
-    layouts = []
-    for path in image_paths:
-        layout_path = part_layout_path(path)
-        if not layout_path.is_file():
-            raise FileNotFoundError(f"no part layout for {path} at {layout_path}: part layouts exist only for images of "
-                                    "a synthetic set (deepminer.synthetic.make_synthetic_reid)")
-        with Image.open(layout_path) as layout:
-            layouts.append(np.asarray(layout.resize((width, height), Image.NEAREST)))
-    return torch.from_numpy(np.stack(layouts).astype(np.int64))
-
-
-def part_shares(energies: dict[str, torch.Tensor], layouts: torch.Tensor, parts: Sequence[str] = PARTS) -> dict[str, torch.Tensor]:
-    """Each branch's share of activation mass per part: `energies` {branch: (B, H, W) >= 0} (e.g. `activation_energy`),
-    `layouts` (B, H, W) part indices into `parts`. Returns {branch: (len(parts),) float64 tensor summing to 1}: per
-    image the mass on each part over the image's mass, averaged over the images."""
-    if layouts.dim() != 3 or layouts.min() < 0 or layouts.max() >= len(parts):
-        raise ValueError(f"layouts must be (B, H, W) part indices in 0 … {len(parts) - 1}")
-    onehot = F.one_hot(layouts, len(parts)).double()                        # (B, H, W, P)
-    shares = {}
-    for name, energy in energies.items():
-        if energy.shape != layouts.shape:
-            raise ValueError(f"energies[{name!r}] has shape {tuple(energy.shape)}, the layouts {tuple(layouts.shape)}")
-        if (energy < 0).any():
-            raise ValueError(f"energies[{name!r}] has negative values; activation mass must be >= 0")
-        mass = torch.einsum("bhw,bhwp->bp", energy.double().cpu(), onehot)  # (B, P)
-        total = mass.sum(1, keepdim=True)
-        if (total == 0).any():
-            raise ValueError(f"energies[{name!r}] is zero everywhere on image(s) "
-                             f"{torch.nonzero(total[:, 0] == 0).flatten().tolist()}: no mass to share")
-        shares[name] = (mass / total).mean(0)                               # (P,)
-    return shares

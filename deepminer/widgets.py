@@ -219,8 +219,8 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 class TauExplorer:
     """An ipywidgets view (`widget`) of ErO on `images` (B, 3, H, W): a τ slider in [0, 1] (step 0.05) and a block
     selector (after B1/B2/B3); per image the picture, Ỹⁿ of the block, the erase mask M (eq. 1), the picture with the
-    erased positions darkened and the fraction erased. `model` runs once (on a copy, in eval mode); moving the slider
-    only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE branch);
+    erased positions darkened and the fraction erased. `model` runs once (on a copy, in eval mode) and again on
+    `refresh`; moving the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE branch);
     `display_width`: pixels per picture on screen."""
 
     def __init__(self, model: DeepMiner, images: torch.Tensor, tau: float | None = None, block: int | None = None,
@@ -230,9 +230,7 @@ class TauExplorer:
         block = block if block is not None else (first.position if first is not None else 2)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {list(BLOCKS)} (the erasing follows B1, B2 or B3), got {block!r}")
-        self.model = model
-        inspection = inspect_eval(copy.deepcopy(model), images)   # a copy: never switch a model that trains elsewhere
-        self.block_outputs = {i: inspection.block_outputs[i].cpu() for i in BLOCKS}   # Y_i: (B, C_i, h_i, w_i)
+        self.model, self.images = model, images
         self.pictures = to_pictures(images)                                          # (B, H, W, 3) uint8
         self.size = self.pictures.shape[1:3]
         n = len(self.pictures)
@@ -244,6 +242,7 @@ class TauExplorer:
         self.block_selector = ipywidgets.ToggleButtons(options=[(label, i) for i, label in BLOCKS.items()], value=block,
                                                        description="erase", style=dict(button_width="80px"))
         self.apply_button = ipywidgets.Button(description="apply τ to the model", layout=dict(width="auto"))
+        self.refresh_button = ipywidgets.Button(description="refresh from the model", layout=dict(width="auto"))
         self.status = ipywidgets.HTML()
         self.image_views = [ipywidgets.Image(value=picture_bytes(p), format="png", layout=dict(**css)) for p in self.pictures]
         self.activation_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
@@ -255,15 +254,25 @@ class TauExplorer:
         row_names = ipywidgets.VBox([ipywidgets.Label(t, layout=dict(height=css["height"])) for t in ("image", "Ỹⁿ", "M", "erased")])
         columns = [ipywidgets.VBox([self.image_views[i], self.activation_views[i], self.mask_views[i], self.erased_views[i],
                                  self.fraction_labels[i]]) for i in range(n)]
-        self.widget = ipywidgets.VBox([self.slider, self.block_selector, ipywidgets.HBox([self.apply_button, self.status]),
+        self.widget = ipywidgets.VBox([self.slider, self.block_selector, ipywidgets.HBox([self.apply_button, self.refresh_button, self.status]),
                                        ipywidgets.HBox([row_names, *columns])])
         self.slider.observe(lambda _: self.update_masks(), "value")
         self.block_selector.observe(lambda _: self.update_block(), "value")
         self.apply_button.on_click(lambda _: self.apply())
-        self.update_block()
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.refresh()
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def refresh(self, model: DeepMiner | None = None):
+        """Run the network once more on the images — a copy of `model` (default: the explorer's own model, which may
+        be training meanwhile, e.g. under `BackgroundTraining`) in eval mode — cache its Y_1…Y_3 and redraw."""
+        if model is not None:
+            self.model = model
+        inspection = inspect_eval(copy.deepcopy(self.model), self.images)  # a copy: never switch a model training elsewhere
+        self.block_outputs = {i: inspection.block_outputs[i].cpu() for i in BLOCKS}   # Y_i: (B, C_i, h_i, w_i)
+        self.update_block()
 
     @property
     def tau(self) -> float:
@@ -328,3 +337,22 @@ class TauExplorer:
         fig = picture_grid(columns, cell=1.1)
         fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased", fontsize=9)
         return fig
+
+    def sweep_figure(self, taus=(0.5, 0.8, 0.95)) -> Figure:
+        """A still picture of ErO after the selected block at several `taus`: one row per image with the picture, Ỹⁿ
+        and the picture with the positions erased at each τ darkened (the fraction erased under it)."""
+        y = self.block_outputs[self.block]
+        columns = {"image": self.pictures,
+                   "Ỹⁿ": heat_overlay(self.pictures, _upsample(normalized_activation(y), self.size), alpha=1.0)}
+        fractions = {}
+        for tau in taus:
+            masks = erase_mask(y, check_tau(tau))                                     # (B, 1, h, w)
+            columns[f"τ = {tau:.2f}"] = mask_overlay(self.pictures, masks)
+            fractions[tau] = (1 - masks.mean(dim=(1, 2, 3))).tolist()
+        fig = picture_grid(columns, cell=1.0)
+        for j, tau in enumerate(taus, start=2):
+            for i, fraction in enumerate(fractions[tau]):
+                fig.axes[i * len(columns) + j].set_xlabel(f"erased {fraction:.0%}", fontsize=7, labelpad=1)
+        fig.suptitle(f"ErO {BLOCKS[self.block]}: darkened = erased", fontsize=9)
+        return fig
+

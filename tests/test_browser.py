@@ -139,11 +139,11 @@ def test_dragging_the_tau_slider_changes_the_rendered_masks(jupyterlab):
             output = page.locator(".jp-OutputArea-output", has=slider).first
             masks = output.locator("img.deepminer-mask")
             slider.scroll_into_view_if_needed()
-            page.wait_for_function("(n) => document.querySelectorAll('img.deepminer-mask').length >= n", arg=4)
+            page.wait_for_function("(n) => document.querySelectorAll('img.deepminer-mask').length >= n", arg=6)
             readout = slider.locator(".widget-readout").inner_text()
             sources = [masks.nth(i).get_attribute("src") for i in range(masks.count())]
             shot = masks.first.screenshot()
-            assert masks.count() == 4 and all(s and s.startswith("blob:") for s in sources)
+            assert masks.count() == 6 and all(s and s.startswith("blob:") for s in sources)
 
             track = slider.locator(".noUi-target").bounding_box()
             handle = slider.locator(".noUi-handle").bounding_box()

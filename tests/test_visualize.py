@@ -29,9 +29,9 @@ def images():
 def test_figure2_draws_the_image_and_every_branch_without_pyplot(model, images):
     open_figures = plt.get_fignums()
     fig = figure2(model, images)
-    assert len(fig.axes) == B * 5
+    assert len(fig.axes) == B * 5 + 1  # and the colour bar
     assert [ax.get_title() for ax in fig.axes[:5]] == ["image", "G", "IE1 (B2)", "IE2 (B3)", "L"]
-    assert all(ax.images[0].get_array().shape == (H, W, 3) for ax in fig.axes)
+    assert all(ax.images[0].get_array().shape == (H, W, 3) for ax in fig.axes[:B * 5])
     fig = figure2(model, images, masks=True)
     assert [ax.get_title() for ax in fig.axes[:7]][-2:] == ["M1 (B2)", "M2 (B3)"]
     assert plt.get_fignums() == open_figures  # drawn on Figures that pyplot does not hold on to
