@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+import deepminer
+
 from .ablation import branch_part_shares, git_commit, load_results, machine_name, save_results
 from .data import build_dataset, build_transforms
 from .model import DeepMiner, PAPER_VARIANTS
@@ -35,7 +37,7 @@ REFERENCE_VARIANTS = {"deep_miner": PAPER_VARIANTS["deep_miner"],
 REFERENCE_SEEDS = (0, 1, 2)
 REFERENCE_RESULTS = Path("nbs/results/reference.json")   # the cache, relative to the repository root
 REFERENCE_RUNS = Path("runs/reference")                  # run folders (checkpoints: not committed)
-TRUNK_WEIGHTS = Path(__file__).parent / "weights" / "reference_trunk.pt"   # shipped with the package
+TRUNK_WEIGHTS = Path(deepminer.__file__).parent / "weights" / "reference_trunk.pt"   # shipped with the package
 
 
 def reference_config(variant: str = "deep_miner", seed: int = 0, **overrides) -> TrainConfig:
