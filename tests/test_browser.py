@@ -145,6 +145,7 @@ def test_dragging_the_tau_slider_changes_the_rendered_masks(jupyterlab):
             shot = masks.first.screenshot()
             assert masks.count() == 6 and all(s and s.startswith("blob:") for s in sources)
 
+            slider.scroll_into_view_if_needed()                       # again: JupyterLab may have scrolled meanwhile
             track = slider.locator(".noUi-target").bounding_box()
             handle = slider.locator(".noUi-handle").bounding_box()
             page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
