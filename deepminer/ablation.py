@@ -268,7 +268,9 @@ def plot_part_shares(records: Sequence[dict], variant: str, ax=None, decimals: i
     import matplotlib.pyplot as plt
     import seaborn as sns
     mean, std = part_share_frame(records, variant)
-    labels = mean.map(lambda v: f"{v:.{decimals}f}") + "±" + std.fillna(0).map(lambda v: f"{v:.{decimals}f}")
+    labels = mean.map(lambda v: f"{v:.{decimals}f}")
+    if std.notna().values.any():                                          # one seed: no spread to show
+        labels = labels + "±" + std.fillna(0).map(lambda v: f"{v:.{decimals}f}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.6 * len(mean) + 1))
     sns.heatmap(mean, annot=labels, fmt="", cmap="viridis", vmin=0, vmax=max(50, float(mean.values.max())),
@@ -307,13 +309,17 @@ def plot_part_share_difference(records: Sequence[dict], variant: str, control: s
     import matplotlib.pyplot as plt
     import seaborn as sns
     mean, std = part_share_difference(records, variant, control)
-    labels = mean.map(lambda v: f"{v:+.1f}") + "±" + std.fillna(0).map(lambda v: f"{v:.1f}")
+    labels = mean.map(lambda v: f"{v:+.1f}")
+    if std.notna().values.any():                                          # one seed: no spread to show
+        labels = labels + "±" + std.fillna(0).map(lambda v: f"{v:.1f}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 0.6 * len(mean) + 1))
+        _, ax = plt.subplots(figsize=(8, 0.6 * len(mean) + 1))
     limit = max(1.0, float(mean.abs().values.max()))
     sns.heatmap(mean, annot=labels, fmt="", cmap="RdBu_r", vmin=-limit, vmax=limit,
                 cbar_kws={"label": "percentage points"}, ax=ax)
-    ax.set(xlabel="", ylabel="", title=f"{variant} − {control}, paired by seed")
+    seeds = {r["seed"] for r in records if r["variant"] == variant and "part_shares" in r} \
+        & {r["seed"] for r in records if r["variant"] == control and "part_shares" in r}
+    ax.set(xlabel="", ylabel="", title=f"{variant} − {control}, paired by seed ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
     return ax
 
 # %% ../nbs/11_ablation.ipynb #e2212d94
