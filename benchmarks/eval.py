@@ -1,5 +1,5 @@
-"""Benchmark of deepminer.evaluate: evaluate_rank and compute_distance on a Market-1501-sized problem, re_ranking time
-and peak memory. Prints a table; not a unit test.
+"""Benchmark of deepminer.evaluate and deepminer.rerank: evaluate_rank and compute_distance on a Market-1501-sized
+problem, re_ranking time and peak memory. Prints a table; not a unit test.
 
     python benchmarks/eval.py                 # everything, 7 runs of evaluate_rank, 3 of the rest
     python benchmarks/eval.py --runs 3 --skip-rerank
@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from deepminer.evaluate import compute_distance, evaluate_rank, re_ranking, re_ranking_block, re_ranking_memory
+from deepminer.evaluate import compute_distance, evaluate_rank
+from deepminer.rerank import re_ranking, re_ranking_block, re_ranking_memory
 
 MARKET = dict(num_query=3368, num_gallery=15913, ids=751, cameras=6, distractors=2800, junk=1500)
 

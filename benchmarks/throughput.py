@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deepminer.export import export_model, load_exported
 from deepminer.losses import DeepMinerLoss
-from deepminer.model import DeepMiner
+from deepminer.model import DeepMiner, DeepMinerConfig
 
 NUM_CLASSES = 751  # Market-1501's training identities: sets the classifier size
 
@@ -69,7 +69,8 @@ def count_flops(fn) -> float:
 
 def make_model(kind: str, backbone: str) -> DeepMiner:
     torch.manual_seed(0)
-    return DeepMiner.baseline(NUM_CLASSES, backbone) if kind == "baseline" else DeepMiner(NUM_CLASSES, backbone)
+    config = DeepMinerConfig(backbone=backbone)
+    return DeepMiner(NUM_CLASSES, config.baseline() if kind == "baseline" else config)
 
 
 def train_step_fn(model: DeepMiner, P: int, K: int, h: int, w: int):

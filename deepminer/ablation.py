@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +35,7 @@ __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', '
 
 # %% ../nbs/11_ablation.ipynb #8fad89e6
 ABLATION_VARIANTS = {**{k: v for k, v in PAPER_VARIANTS.items() if k != "ie3"},      # ie3 = ie3_tau0.8
-                     "deep_miner_tau1.0": {**PAPER_VARIANTS["deep_miner"], "tau": 1.0}}  # control: nothing erased
+                     "deep_miner_tau1.0": replace(PAPER_VARIANTS["deep_miner"], tau=1.0)}  # control: nothing erased
 PART_VARIANTS = ("deep_miner", "deep_miner_tau1.0")  # variants whose branches' part shares are measured
 
 TABLES = {
@@ -54,9 +55,9 @@ PAPER_MARKET1501 = {
 }  # variant -> (mAP, Rank-1) on Market-1501 from Tables 1-4; Figure 7's other points exist only as a plot
 
 # %% ../nbs/11_ablation.ipynb #f84d50b3
-ABLATION_SIZE = dict(dataset="synthetic", root="data/synthetic", backbone="resnet18", height=64, width=32, P=8, K=4,
+ABLATION_SIZE = dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4,
                      epochs=6, lr=3e-3, warmup_epochs=1, warmup_start_lr=3e-4, milestones=(4,), eval_every=0,
-                     cpu_bf16=True)  # TrainConfig settings of every ablation run (the variant sets the model)
+                     cpu_bf16=True)  # TrainConfig settings of every ablation run (the variant sets the model; model: its backbone)
 SEEDS = (0, 1, 2)
 RESULTS = Path("nbs/results/ablation.json")  # the cache, relative to the repository root
 
@@ -65,7 +66,9 @@ def ablation_config(variant: str, seed: int = 0, **overrides) -> TrainConfig:
     "The `TrainConfig` of one ablation run: `ABLATION_SIZE`, the model of `ABLATION_VARIANTS[variant]`, `seed`, `overrides`."
     if variant not in ABLATION_VARIANTS:
         raise ValueError(f"unknown ablation variant {variant!r}: expected one of {list(ABLATION_VARIANTS)}")
-    return TrainConfig(**{**ABLATION_SIZE, **ABLATION_VARIANTS[variant], "seed": seed, **overrides})
+    settings = {**ABLATION_SIZE, "seed": seed, **overrides}
+    model = replace(ABLATION_VARIANTS[variant], **settings.pop("model"))   # the variant with the size's backbone
+    return TrainConfig(**settings, model=model)
 
 # %% ../nbs/11_ablation.ipynb #abfbb81d
 def branch_part_shares(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128,
@@ -160,7 +163,7 @@ def run_grid(variants: Sequence[str] | None = None, seeds: Sequence[int] = SEEDS
     configs = {(v, s): ablation_config(v, s, **overrides) for s in seeds for v in variants}   # validates names first
     records = load_results(results)
     todo = [(key, config) for key, config in configs.items()
-            if not any((r["variant"], r["seed"]) == key and r["config"] == config.to_dict() for r in records)]
+            if not any((r["variant"], r["seed"]) == key and TrainConfig.from_dict(r["config"]) == config for r in records)]
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="ablation grid", unit="run", disable=not progress)
     for (variant, seed), config in todo:
         bar.set_postfix_str(f"{variant} seed {seed}")

@@ -9,58 +9,70 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
-from .model import DeepMiner, RESNETS, branch_summary, format_branch_table
+from .attention import CHAM_GATES
+from .distributed import broadcast_object, init_distributed
+from .model import DeepMiner, DeepMinerConfig, RESNETS, branch_summary, format_branch_table
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
-from .train import (PRESETS, TrainConfig, TrainingDiverged, broadcast_object, evaluate_checkpoint,
-                             format_comparison, init_distributed, preset, train, train_with_baseline)
+from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison, preset,
+                             train, train_with_baseline)
 
 # %% auto #0
-__all__ = ['PAPER_MODEL', 'TRAIN_HELP', 'MODEL_FIELDS', 'add_model_arguments', 'model_kwargs', 'summary_parser', 'summary_main',
-           'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main', 'eval_parser',
-           'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main', 'reference_parser',
-           'reference_main']
+__all__ = ['MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'add_model_arguments', 'model_config', 'summary_parser',
+           'summary_main', 'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main',
+           'eval_parser', 'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main',
+           'reference_parser', 'reference_main']
 
 # %% ../nbs/10_cli.ipynb #f1814cf1
-PAPER_MODEL = dict(backbone="resnet50", ie_after=[2, 3], tau=0.8, local_branch=True, stripes=4, sam=True, cham=True,
-                   cham_gate="sigmoid", pretrained=False, backbone_weights=None)  # DeepMiner's defaults
+MODEL_HELP = {
+    "backbone": "torchvision ResNet backbone",
+    "ie_after": "blocks (1, 2, 3) followed by an input-erased branch; give none for no IE branch",
+    "tau": "erasing threshold in [0, 1], eq. (1)",
+    "local_branch": "drop the local (stripes) branch",
+    "stripes": "horizontal stripes of the local branch",
+    "sam": "drop the spatial attention module (SAM)",
+    "cham": "drop the channel attention module (CHAM)",
+    "cham_gate": "CHAM's gate: sigmoid (PLR-OSNet's code) or softmax over channels (the paper's text)",
+    "pretrained": "start from torchvision's ImageNet weights (downloads once)",
+    "backbone_weights": "start from ImageNet weights in a local file instead of downloading",
+}  # DeepMinerConfig field -> --help text
+MODEL_FLAGS = {"local_branch": "local", "backbone_weights": "backbone-weights", "ie_after": "ie-after",
+               "cham_gate": "cham-gate"}  # field -> flag name, where they differ
+MODEL_FIELDS = {f.name for f in fields(DeepMinerConfig)}
 
-
-def add_model_arguments(parser: argparse.ArgumentParser, defaults: dict | None = PAPER_MODEL) -> argparse.ArgumentParser:
-    """Add one flag per `DeepMiner` knob to `parser` and return it. `defaults`: the value of each flag when it is not
-    given (the paper's model); None leaves unset flags out of the parsed namespace, for a caller with its own presets."""
-    def default(name):
-        return argparse.SUPPRESS if defaults is None else defaults[name]
-    shown = "the paper's Deep Miner" if defaults is not None else "from --preset"
+# %% ../nbs/10_cli.ipynb #3bbbd90f
+def add_model_arguments(parser: argparse.ArgumentParser, defaults: DeepMinerConfig | None = DeepMinerConfig()
+                        ) -> argparse.ArgumentParser:
+    """Add one flag per `DeepMinerConfig` field to `parser` and return it: a switch that the paper's model has on
+    becomes `--no-NAME`, one it has off `--NAME`. `defaults`: the value of each flag when it is not given (the paper's
+    model); None leaves unset flags out of the parsed namespace, for a caller with its own presets."""
+    paper, shown = DeepMinerConfig(), "the paper's Deep Miner" if defaults is not None else "from --preset"
     group = parser.add_argument_group(f"model (defaults: {shown})")
-    group.add_argument("--backbone", default=default("backbone"), choices=sorted(RESNETS), help="torchvision ResNet backbone")
-    group.add_argument("--ie-after", type=int, nargs="*", default=default("ie_after"), metavar="BLOCK",
-                       help="blocks (1, 2, 3) followed by an input-erased branch; give none for no IE branch (paper: 2 3)")
-    group.add_argument("--tau", type=float, default=default("tau"), help="erasing threshold in [0, 1], eq. (1) (paper: 0.8)")
-    group.add_argument("--no-local", dest="local_branch", action="store_false", default=default("local_branch"),
-                       help="drop the local (stripes) branch")
-    group.add_argument("--stripes", type=int, default=default("stripes"), help="horizontal stripes of the local branch (paper: 4)")
-    group.add_argument("--no-sam", dest="sam", action="store_false", default=default("sam"), help="drop the spatial attention module (SAM)")
-    group.add_argument("--no-cham", dest="cham", action="store_false", default=default("cham"), help="drop the channel attention module (CHAM)")
-    group.add_argument("--cham-gate", default=default("cham_gate"), choices=["sigmoid", "softmax"],
-                       help="CHAM's gate: sigmoid (PLR-OSNet's code, default) or softmax over channels (the paper's text)")
-    group.add_argument("--pretrained", action="store_true", default=default("pretrained"),
-                       help="start from torchvision's ImageNet weights (downloads once)")
-    group.add_argument("--backbone-weights", metavar="PATH", default=default("backbone_weights"),
-                       help="start from ImageNet weights in a local file instead of downloading")
+    for f in fields(DeepMinerConfig):
+        name, value = MODEL_FLAGS.get(f.name, f.name), getattr(paper, f.name)
+        default = argparse.SUPPRESS if defaults is None else getattr(defaults, f.name)
+        if isinstance(value, bool):
+            group.add_argument(f"--no-{name}" if value else f"--{name}", dest=f.name, default=default,
+                               action="store_false" if value else "store_true", help=MODEL_HELP[f.name])
+            continue
+        paper_value = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        options = dict(type=int, nargs="*", metavar="BLOCK") if f.name == "ie_after" else \
+            dict(metavar="PATH") if f.name == "backbone_weights" else dict(type=type(value))
+        if f.name in ("backbone", "cham_gate"):
+            options["choices"] = sorted(RESNETS) if f.name == "backbone" else list(CHAM_GATES)
+        help = MODEL_HELP[f.name] + (f" (paper: {paper_value})" if value is not None else "")
+        group.add_argument(f"--{name}", dest=f.name, default=default, help=help, **options)
     return parser
 
-
-def model_kwargs(args: argparse.Namespace) -> dict:
-    "The `DeepMiner` keyword arguments (all but `num_classes`) from arguments parsed with `add_model_arguments`."
-    return dict(backbone=args.backbone, ie_after=tuple(args.ie_after), tau=args.tau, local_branch=args.local_branch,
-                stripes=args.stripes, sam=args.sam, cham=args.cham, cham_gate=args.cham_gate,
-                pretrained=args.pretrained, backbone_weights=args.backbone_weights)
+# %% ../nbs/10_cli.ipynb #670ac080
+def model_config(args: argparse.Namespace) -> DeepMinerConfig:
+    "The `DeepMinerConfig` of arguments parsed with `add_model_arguments` (a bad value raises ValueError naming it)."
+    return DeepMinerConfig(**{name: getattr(args, name) for name in MODEL_FIELDS})
 
 # %% ../nbs/10_cli.ipynb #62942428
 def summary_parser() -> argparse.ArgumentParser:
@@ -75,17 +87,17 @@ def summary_parser() -> argparse.ArgumentParser:
                         help="training identities, the size of each classifier (default: %(default)s, Market-1501)")
     return add_model_arguments(parser)
 
-
+# %% ../nbs/10_cli.ipynb #0ff0b296
 def summary_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-summary`: print the branch tables of the baseline and of the configured model."
     parser = summary_parser()
     args = parser.parse_args(argv)
     if args.height < 32 or args.width < 32:
         parser.error(f"--height and --width must be at least 32 pixels (the backbone downsamples 16x), got {args.height}x{args.width}")
-    kwargs = model_kwargs(args)
     try:
-        models = {"global-only baseline": DeepMiner.baseline(args.num_classes, args.backbone),
-                  "Deep Miner": DeepMiner(args.num_classes, **kwargs)}
+        config = model_config(args)
+        models = {"global-only baseline": DeepMiner(args.num_classes, config.baseline()),
+                  "Deep Miner": DeepMiner(args.num_classes, config)}
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         parser.error(str(err))
     print(f"{args.backbone}, input {args.height}x{args.width}, {args.num_classes} identities; "
@@ -125,7 +137,7 @@ def synth_parser() -> argparse.ArgumentParser:
                            help=helps[name] if name == "max_cameras_per_id" else f"{helps[name]} (default: %(default)s)")
     return parser
 
-
+# %% ../nbs/10_cli.ipynb #6b2cfd3c
 def synth_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-synth`: write the synthetic benchmark and print what was written."
     parser = synth_parser()
@@ -150,9 +162,33 @@ TRAIN_HELP = {
     "eval_every": "evaluate every N epochs (0: only at the end)", "seed": "random seed",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
 }  # TrainConfig field -> --help text
-MODEL_FIELDS = set(PAPER_MODEL)
 
+# %% ../nbs/10_cli.ipynb #54bf3cf0
+def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add a flag per `TrainConfig` setting to `parser`; a flag that is not given stays out of the parsed arguments."
+    run = parser.add_argument_group("training (defaults: from --preset)")
+    for f in fields(TrainConfig):
+        if f.name in ("model", "dataset", "amp", "cpu_bf16", "eval_flip", "augment", "sync_bn"):  # model: its own flags
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "milestones":
+            run.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
+        else:
+            kind = int if f.name == "num_workers" else type(f.default)  # the only None default is num_workers'
+            run.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
+    run.add_argument("--eval-flip", action="store_true", default=argparse.SUPPRESS,
+                     help="average each test image's features with its mirror image's")
+    run.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
+                     help="no mixed precision / channels_last on CUDA")
+    run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
+                     help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
+    run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
+                     help="no random flip, crop or erasing (resize only)")
+    run.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=argparse.SUPPRESS,
+                     help="under torchrun: batch-norm statistics over all processes' batches (SyncBatchNorm)")
+    return parser
 
+# %% ../nbs/10_cli.ipynb #e946d460
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-train`: the run's options, one flag per `TrainConfig` field, the model's knobs."
     parser = argparse.ArgumentParser(
@@ -172,29 +208,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="also train the global-only baseline with the same settings (default for the synthetic set)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="train Deep Miner only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    run = parser.add_argument_group("training (defaults: from --preset)")
-    for f in fields(TrainConfig):
-        if f.name in MODEL_FIELDS or f.name in ("dataset", "amp", "cpu_bf16", "eval_flip", "augment", "sync_bn"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "milestones":
-            run.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
-        else:
-            kind = int if f.name == "num_workers" else type(f.default)  # the only None default is num_workers'
-            run.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
-    run.add_argument("--eval-flip", action="store_true", default=argparse.SUPPRESS,
-                     help="average each test image's features with its mirror image's")
-    run.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
-                     help="no mixed precision / channels_last on CUDA")
-    run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
-                     help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
-    run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
-                     help="no random flip, crop or erasing (resize only)")
-    run.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=argparse.SUPPRESS,
-                     help="under torchrun: batch-norm statistics over all processes' batches (SyncBatchNorm)")
-    return add_model_arguments(parser, defaults=None)
+    return add_model_arguments(_add_train_arguments(parser), defaults=None)
 
-
+# %% ../nbs/10_cli.ipynb #1ec12525
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     "The `TrainConfig` of parsed `deepminer-train` arguments: the preset, then every flag that was given."
     name = args.preset or ("cpu" if args.dataset == "synthetic" else "paper")
@@ -202,9 +218,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
              if k not in ("preset", "output", "resume", "baseline", "quiet") and not (k == "dataset" and v is None)}
     if "root" not in given and args.dataset != PRESETS[name].get("dataset"):
         given["root"] = f"data/{args.dataset}"
-    return preset(name, **given)
+    model = {k: given.pop(k) for k in MODEL_FIELDS & set(given)}   # the model flags that were given
+    config = preset(name, **given)
+    return replace(config, model=replace(config.model, **model))
 
-
+# %% ../nbs/10_cli.ipynb #47c18c6f
 def train_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-train`: train (by default, the main job) and print the final metrics."
     parser = train_parser()
@@ -220,7 +238,7 @@ def train_main(argv: list[str] | None = None) -> None:
     with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
     if rank == 0:
         processes = f" x {world_size} processes" if world_size > 1 else ""
-        print(f"deepminer-train: {config.dataset} at {config.root}, {config.backbone} {config.height}x{config.width}, "
+        print(f"deepminer-train: {config.dataset} at {config.root}, {config.model.backbone} {config.height}x{config.width}, "
               f"{config.epochs} epochs, P={config.P}{processes} K={config.K}, lr {config.lr:g} -> {output}")
     start = time.perf_counter()
     try:
@@ -261,7 +279,7 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
-
+# %% ../nbs/10_cli.ipynb #698a9939
 def eval_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
     parser = eval_parser()
@@ -291,7 +309,7 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atol", type=float, default=1e-4, help="largest difference allowed from PyTorch's features (default: %(default)s)")
     return parser
 
-
+# %% ../nbs/10_cli.ipynb #1e9f4353
 def export_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-export`: export a checkpoint and print where, at what size, and how close it is."
     parser = export_parser()
@@ -322,7 +340,7 @@ def ablate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
-
+# %% ../nbs/10_cli.ipynb #07118e6b
 def ablate_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-ablate`: run (the missing part of) the ablation grid and print its summary."
     from deepminer.ablation import PART_VARIANTS, TABLES, run_grid, summarize
@@ -359,7 +377,7 @@ def reference_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
-
+# %% ../nbs/10_cli.ipynb #c29950fa
 def reference_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-reference`: train what the reference cache lacks, print the runs, write the trunk."
     from deepminer.reference import reference_table, run_references, save_trunk

@@ -47,10 +47,71 @@ PUBLISHED_COUNTS = {  # key -> split -> (identities, images), junk excluded, dis
     "msmt17+val": {"train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)},
 }
 
-# %% ../nbs/01_data.ipynb #4113d1e6
+# %% ../nbs/01_data.ipynb #74cb9f80
 SPLITS = ("train", "query", "gallery")
 
 
+def _records(records: Sequence, split: str, where: str) -> list[Record]:
+    "`records` (path, pid, camid) as `Record`s without junk (pid -1); a ValueError naming `split` if none is left."
+    records = [Record(str(path), int(pid), int(camid)) for path, pid, camid in records]
+    kept = [r for r in records if r.pid != JUNK]
+    if not kept:
+        raise ValueError(f"{where}: the {split} split holds no image (junk images, pid -1, do not count)")
+    return kept
+
+
+def _relabel(train: list[Record]) -> tuple[list[int], list[Record]]:
+    "The sorted original pids of `train`, and `train` with each pid replaced by its index among them (0 … N-1)."
+    pids = sorted({r.pid for r in train})
+    label = {pid: i for i, pid in enumerate(pids)}
+    return pids, [r._replace(pid=label[r.pid]) for r in train]
+
+# %% ../nbs/01_data.ipynb #e7172d4d
+def _warn_lonely_queries(query: list[Record], gallery: list[Record], where: str):
+    "Warn about queries with no gallery image of their person from another camera: the evaluation skips them."
+    cameras = defaultdict(set)  # pid -> cameras it has in the gallery
+    for r in gallery:
+        cameras[r.pid].add(r.camid)
+    lonely = [r for r in query if not cameras[r.pid] - {r.camid}]
+    if lonely:
+        warnings.warn(f"{where}: {len(lonely)} of {len(query)} query images have no gallery image of "
+                      f"their person from another camera (e.g. {lonely[0].path}); the evaluation skips them. "
+                      "Query and gallery images from different cameras need different camera ids.")
+
+# %% ../nbs/01_data.ipynb #3b1bb09a
+def _split_counts(records: list[Record]) -> dict[str, int]:
+    "{'ids': …, 'images': …, 'cameras': …} of one split."
+    return {"ids": len({r.pid for r in records}), "images": len(records), "cameras": len({r.camid for r in records})}
+
+
+def _warn_count_differences(counts: dict, published: str, where: str, check_counts: bool | None):
+    """Warn when `counts` {split: {'ids': …, 'images': …}} differ from `PUBLISHED_COUNTS[published]`. `check_counts`
+    None: compare only a copy that looks like the full benchmark (at least half its train identities)."""
+    reference = PUBLISHED_COUNTS[published]
+    if check_counts is None:
+        check_counts = counts["train"]["ids"] >= reference["train"][0] / 2
+    if not check_counts:
+        return
+    differences = [f"{split} {what} {counts[split][what]:,} (published {reference[split][k]:,})"
+                   for split in SPLITS for k, what in enumerate(("ids", "images"))
+                   if counts[split][what] != reference[split][k]]
+    if differences:
+        warnings.warn(f"{where}: counts differ from the published {published}: "
+                      + "; ".join(differences) + ". Is the copy incomplete or modified?")
+
+# %% ../nbs/01_data.ipynb #1e457aa2
+def _counts_table(where: str, counts: dict, reference: dict | None) -> str:
+    "Identities, images and cameras per split of `counts`, under the title `where`; `reference`: the published counts."
+    header = f"{'split':<8}{'ids':>7}{'images':>9}{'cameras':>9}" + ("   published ids / images" if reference else "")
+    lines = [where, header]
+    for split, c in counts.items():
+        line = f"{split:<8}{c['ids']:>7,}{c['images']:>9,}{c['cameras']:>9}"
+        if reference:
+            line += f"   {reference[split][0]:>13,} / {reference[split][1]:,}"
+        lines.append(line)
+    return "\n".join(lines)
+
+# %% ../nbs/01_data.ipynb #eeee7867
 class ReIDDataset:
     """`train`, `query` and `gallery`: lists of `Record(path, pid, camid)`. Junk (pid -1) is dropped everywhere,
     train pids are relabelled 0..N-1 in sorted order (`train_pids[label]` is the original pid), query and gallery
@@ -60,19 +121,12 @@ class ReIDDataset:
     def __init__(self, train: Sequence, query: Sequence, gallery: Sequence, name: str = "ReIDDataset",
                  root: str | Path | None = None, published: str | None = None, check_counts: bool | None = None):
         self.name, self.root, self.published = name, root, published
-        splits = {}
-        for split, records in zip(SPLITS, (train, query, gallery)):
-            records = [Record(str(path), int(pid), int(camid)) for path, pid, camid in records]
-            splits[split] = [r for r in records if r.pid != JUNK]
-            if not splits[split]:
-                raise ValueError(f"{self.where}: the {split} split holds no image (junk images, pid -1, do not count)")
-        self.train_pids = sorted({r.pid for r in splits["train"]})
-        label = {pid: i for i, pid in enumerate(self.train_pids)}
-        self.train = [r._replace(pid=label[r.pid]) for r in splits["train"]]
+        splits = {split: _records(records, split, self.where) for split, records in zip(SPLITS, (train, query, gallery))}
+        self.train_pids, self.train = _relabel(splits["train"])
         self.query, self.gallery = splits["query"], splits["gallery"]
-        self._check_cross_camera_matches()
+        _warn_lonely_queries(self.query, self.gallery, self.where)
         if published is not None:
-            self._check_published(check_counts)
+            _warn_count_differences(self.counts(), published, self.where, check_counts)
 
     @property
     def where(self) -> str:
@@ -86,51 +140,17 @@ class ReIDDataset:
 
     def counts(self) -> dict[str, dict[str, int]]:
         "{split: {'ids': …, 'images': …, 'cameras': …}} for train, query and gallery."
-        return {split: {"ids": len({r.pid for r in records}), "images": len(records),
-                        "cameras": len({r.camid for r in records})}
-                for split, records in zip(SPLITS, (self.train, self.query, self.gallery))}
+        return {split: _split_counts(records) for split, records in zip(SPLITS, (self.train, self.query, self.gallery))}
 
     def summary(self) -> dict[str, dict[str, int]]:
         "Print identities, images and cameras per split (and the published counts of a benchmark); return `counts()`."
-        counts, reference = self.counts(), PUBLISHED_COUNTS.get(self.published)
-        header = f"{'split':<8}{'ids':>7}{'images':>9}{'cameras':>9}"
-        print(self.where)
-        print(header + ("   published ids / images" if reference else ""))
-        for split, c in counts.items():
-            line = f"{split:<8}{c['ids']:>7,}{c['images']:>9,}{c['cameras']:>9}"
-            if reference:
-                line += f"   {reference[split][0]:>13,} / {reference[split][1]:,}"
-            print(line)
+        counts = self.counts()
+        print(_counts_table(self.where, counts, PUBLISHED_COUNTS.get(self.published)))
         return counts
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s}: {c['ids']} ids / {c['images']} images" for s, c in self.counts().items())
         return f"{self.name}({parts})"
-
-    def _check_cross_camera_matches(self):
-        "Warn about queries with no gallery image of their person from another camera: the evaluation skips them."
-        cameras = defaultdict(set)  # pid -> cameras it has in the gallery
-        for r in self.gallery:
-            cameras[r.pid].add(r.camid)
-        lonely = [r for r in self.query if not cameras[r.pid] - {r.camid}]
-        if lonely:
-            warnings.warn(f"{self.where}: {len(lonely)} of {len(self.query)} query images have no gallery image of "
-                          f"their person from another camera (e.g. {lonely[0].path}); the evaluation skips them. "
-                          "Query and gallery images from different cameras need different camera ids.")
-
-    def _check_published(self, check_counts: bool | None):
-        "Warn when the counts differ from `PUBLISHED_COUNTS[self.published]` (see the table above for when)."
-        reference, counts = PUBLISHED_COUNTS[self.published], self.counts()
-        if check_counts is None:  # auto: only a copy that looks like the full benchmark
-            check_counts = counts["train"]["ids"] >= reference["train"][0] / 2
-        if not check_counts:
-            return
-        differences = [f"{split} {what} {counts[split][what]:,} (published {reference[split][k]:,})"
-                       for split in SPLITS for k, what in enumerate(("ids", "images"))
-                       if counts[split][what] != reference[split][k]]
-        if differences:
-            warnings.warn(f"{self.where}: counts differ from the published {self.published}: "
-                          + "; ".join(differences) + ". Is the copy incomplete or modified?")
 
 # %% ../nbs/01_data.ipynb #ca1ebabe
 def check_root(root: str | Path, reader: str) -> Path:
@@ -225,8 +245,8 @@ def _mat_string(cell) -> str:
     return str(cell)
 
 
-def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
-    "{split: records} of the CUHK03 767/700 protocol from a new-protocol config `mat_path`, images in `images`."
+def _load_cuhk03_mat(mat_path: Path) -> dict:
+    "The variables of a new-protocol config file; a ValueError when it cannot be read or lacks a field."
     try:
         config = loadmat(mat_path)
     except Exception as err:  # scipy raises IndexError, OSError, ValueError, MatReadError… depending on the damage
@@ -236,25 +256,35 @@ def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
     if missing:
         raise ValueError(f"CUHK03: {mat_path} lacks the field(s) {', '.join(missing)}; "
                          f"expected the new-protocol fields {', '.join(CUHK03_MAT_FIELDS)}")
+    return config
+
+# %% ../nbs/01_data.ipynb #5f957091
+def _cuhk03_split(names: list[str], labels: list[int], indices: list[int], split: str, mat_path: Path,
+                  images: Path) -> list[Record]:
+    "Records of `split`, whose images are `names[i - 1]` with person `labels[i - 1]` for i in `indices`, in `images`."
+    name_regex, name_pattern = re.compile(r"^\d+_\d+_(?P<cam>[12])_\d+\.png$"), "C_PPP_V_NN.png (e.g. 1_001_1_01.png)"
+    records = []
+    for index in indices:
+        if not 1 <= index <= len(names):
+            raise ValueError(f"CUHK03: {mat_path}: {split}_idx holds {index}, outside 1..{len(names)} (1-based indices into filelist)")
+        name = names[index - 1]
+        match = name_regex.match(name)
+        if match is None:
+            raise ValueError(f"CUHK03: {mat_path}: cannot parse the file name {name!r}: expected {name_pattern}")
+        records.append(Record(str(images / name), labels[index - 1], int(match["cam"]) - 1))
+    check_files_exist(records, "CUHK03", mat_path)
+    return records
+
+# %% ../nbs/01_data.ipynb #f317d0dc
+def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
+    "{split: records} of the CUHK03 767/700 protocol from a new-protocol config `mat_path`, images in `images`."
+    config = _load_cuhk03_mat(mat_path)
     names = [_mat_string(cell) for cell in config["filelist"].ravel()]
     labels = config["labels"].ravel().astype(int).tolist()
     if len(labels) != len(names):
         raise ValueError(f"CUHK03: {mat_path} has {len(names)} file names but {len(labels)} labels")
-    name_regex, name_pattern = re.compile(r"^\d+_\d+_(?P<cam>[12])_\d+\.png$"), "C_PPP_V_NN.png (e.g. 1_001_1_01.png)"
-    splits = {}
-    for split in SPLITS:
-        records = []
-        for index in config[f"{split}_idx"].ravel().astype(int).tolist():
-            if not 1 <= index <= len(names):
-                raise ValueError(f"CUHK03: {mat_path}: {split}_idx holds {index}, outside 1..{len(names)} (1-based indices into filelist)")
-            name = names[index - 1]
-            match = name_regex.match(name)
-            if match is None:
-                raise ValueError(f"CUHK03: {mat_path}: cannot parse the file name {name!r}: expected {name_pattern}")
-            records.append(Record(str(images / name), labels[index - 1], int(match["cam"]) - 1))
-        check_files_exist(records, "CUHK03", mat_path)
-        splits[split] = records
-    return splits
+    return {split: _cuhk03_split(names, labels, config[f"{split}_idx"].ravel().astype(int).tolist(), split, mat_path, images)
+            for split in SPLITS}
 
 # %% ../nbs/01_data.ipynb #b6483fa3
 class CUHK03(ReIDDataset):
@@ -290,7 +320,7 @@ def _child(folder: Path, name: str) -> Path | None:
         return None
     return next((p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() == name.lower()), None)
 
-
+# %% ../nbs/01_data.ipynb #9d61a42b
 def read_msmt17_list(list_path: Path, images: Path) -> list[Record]:
     "Records of an MSMT17 list file (lines 'PATH PID'), images under `images`, camera from the file name."
     name_regex = re.compile(r"^\d+_\d+_(?P<cam>0*[1-9]\d*)_.+\.(?:jpe?g|png)$", re.IGNORECASE)
@@ -312,7 +342,23 @@ def read_msmt17_list(list_path: Path, images: Path) -> list[Record]:
     check_files_exist(records, "MSMT17", list_path)
     return records
 
+# %% ../nbs/01_data.ipynb #f256bb92
+def _msmt17_folders(root: Path, lists: list[str]) -> tuple[Path, Path, Path]:
+    """The folder holding the list files `lists` — `root`, or root/MSMT17_V1 or root/MSMT17_V2 — and its train and test
+    image folders, by V1's or V2's names."""
+    for base in [root] + [p for p in (_child(root, "MSMT17_V1"), _child(root, "MSMT17_V2")) if p is not None]:
+        folders = [(_child(base, train), _child(base, test)) for train, test in MSMT17_FOLDERS]
+        found = next(((tr, te) for tr, te in folders if tr is not None and te is not None), None)
+        if found is not None:
+            break
+    if found is None:
+        raise FileNotFoundError(f"MSMT17: {root} is not in the expected layout, it has neither train/ and test/ "
+                                "(MSMT17_V1) nor mask_train_v2/ and mask_test_v2/ (MSMT17_V2), in itself or in "
+                                "MSMT17_V1/ or MSMT17_V2/. Expected those folders next to " + ", ".join(lists))
+    require(base, "MSMT17", lists, f"{', '.join(lists)} next to {found[0].name}/ and {found[1].name}/ in {base}")
+    return base, *found
 
+# %% ../nbs/01_data.ipynb #abaea120
 class MSMT17(ReIDDataset):
     """MSMT17 (V1 or V2) at `root`: list_{train,val,query,gallery}.txt with the train/ and test/ (V1) or
     mask_train_v2/ and mask_test_v2/ (V2) folders, in `root` or in root/MSMT17_V1 or root/MSMT17_V2.
@@ -321,17 +367,7 @@ class MSMT17(ReIDDataset):
     def __init__(self, root: str | Path, with_val: bool = False, check_counts: bool | None = None):
         root = check_root(root, "MSMT17")
         lists = ["list_train.txt", "list_query.txt", "list_gallery.txt"] + (["list_val.txt"] if with_val else [])
-        for base in [root] + [p for p in (_child(root, "MSMT17_V1"), _child(root, "MSMT17_V2")) if p is not None]:
-            folders = [(_child(base, train), _child(base, test)) for train, test in MSMT17_FOLDERS]
-            found = next(((tr, te) for tr, te in folders if tr is not None and te is not None), None)
-            if found is not None:
-                break
-        if found is None:
-            raise FileNotFoundError(f"MSMT17: {root} is not in the expected layout, it has neither train/ and test/ "
-                                    "(MSMT17_V1) nor mask_train_v2/ and mask_test_v2/ (MSMT17_V2), in itself or in "
-                                    "MSMT17_V1/ or MSMT17_V2/. Expected those folders next to " + ", ".join(lists))
-        require(base, "MSMT17", lists, f"{', '.join(lists)} next to {found[0].name}/ and {found[1].name}/ in {base}")
-        train_dir, test_dir = found
+        base, train_dir, test_dir = _msmt17_folders(root, lists)
         train = read_msmt17_list(base / "list_train.txt", train_dir)
         if with_val:
             train += read_msmt17_list(base / "list_val.txt", train_dir)
@@ -339,7 +375,44 @@ class MSMT17(ReIDDataset):
                          read_msmt17_list(base / "list_gallery.txt", test_dir), name="MSMT17", root=base,
                          published="msmt17+val" if with_val else "msmt17", check_counts=check_counts)
 
-# %% ../nbs/01_data.ipynb #0e1bd41f
+# %% ../nbs/01_data.ipynb #c2145a3e
+def _read_person_folders(folder: Path, name_regex: re.Pattern, name_pattern: str) -> list[Record]:
+    "Records of `folder`/<pid>/<image>, the camera id parsed from each image name by `name_regex` (group `cam`)."
+    records = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"CustomDataset: {entry} is not in a person folder; expected {folder}/<pid>/{name_pattern}")
+        if not entry.is_dir():
+            continue
+        if not re.fullmatch(r"-?\d+", entry.name):
+            raise ValueError(f"CustomDataset: cannot read the person folder {entry}: expected an integer pid as its name")
+        for path in image_files(entry):
+            match = name_regex.match(path.name)
+            if match is None:
+                raise ValueError(f"CustomDataset: cannot parse the file name {path}: expected {name_pattern}")
+            records.append(Record(str(path), int(entry.name), int(match["cam"])))
+    if not records:
+        raise ValueError(f"CustomDataset: {folder} holds no image; expected {folder}/<pid>/{name_pattern}")
+    return records
+
+# %% ../nbs/01_data.ipynb #2fae6e79
+def _read_records_csv(csv_path: Path, root: Path) -> list[Record]:
+    "Records of a CSV file with rows path,pid,camid (optional header row), paths relative to `root`."
+    records = []
+    with open(csv_path, newline="") as f:
+        for number, row in enumerate(csv.reader(f), start=1):
+            if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "pid", "camid"]):
+                continue
+            if len(row) != 3 or not all(re.fullmatch(r"\s*-?\d+\s*", v) for v in row[1:]):
+                raise ValueError(f"CustomDataset: {csv_path}, line {number}: expected 'path,pid,camid' with integer "
+                                 f"pid and camid, got {','.join(row)!r}")
+            records.append(Record(str(root / row[0].strip()), int(row[1]), int(row[2])))
+    if not records:
+        raise ValueError(f"CustomDataset: {csv_path} lists no image; expected rows path,pid,camid")
+    check_files_exist(records, "CustomDataset", csv_path)
+    return records
+
+# %% ../nbs/01_data.ipynb #b6e88772
 class CustomDataset(ReIDDataset):
     """Your data at `root`: train/, query/, gallery/ with one folder per integer pid holding <camid>_<anything>.jpg
     images, or train.csv, query.csv, gallery.csv with rows path,pid,camid (relative paths start at `root`).
@@ -362,38 +435,11 @@ class CustomDataset(ReIDDataset):
 
     def read_folder(self, folder: Path) -> list[Record]:
         "Records of `folder`/<pid>/<camid>_<anything>.jpg."
-        records = []
-        for entry in sorted(folder.iterdir()):
-            if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
-                raise ValueError(f"CustomDataset: {entry} is not in a person folder; expected {folder}/<pid>/{self.name_pattern}")
-            if not entry.is_dir():
-                continue
-            if not re.fullmatch(r"-?\d+", entry.name):
-                raise ValueError(f"CustomDataset: cannot read the person folder {entry}: expected an integer pid as its name")
-            for path in image_files(entry):
-                match = self.name_regex.match(path.name)
-                if match is None:
-                    raise ValueError(f"CustomDataset: cannot parse the file name {path}: expected {self.name_pattern}")
-                records.append(Record(str(path), int(entry.name), int(match["cam"])))
-        if not records:
-            raise ValueError(f"CustomDataset: {folder} holds no image; expected {folder}/<pid>/{self.name_pattern}")
-        return records
+        return _read_person_folders(folder, self.name_regex, self.name_pattern)
 
     def read_csv(self, csv_path: Path, root: Path) -> list[Record]:
         "Records of a CSV file with rows path,pid,camid (optional header row)."
-        records = []
-        with open(csv_path, newline="") as f:
-            for number, row in enumerate(csv.reader(f), start=1):
-                if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "pid", "camid"]):
-                    continue
-                if len(row) != 3 or not all(re.fullmatch(r"\s*-?\d+\s*", v) for v in row[1:]):
-                    raise ValueError(f"CustomDataset: {csv_path}, line {number}: expected 'path,pid,camid' with integer "
-                                     f"pid and camid, got {','.join(row)!r}")
-                records.append(Record(str(root / row[0].strip()), int(row[1]), int(row[2])))
-        if not records:
-            raise ValueError(f"CustomDataset: {csv_path} lists no image; expected rows path,pid,camid")
-        check_files_exist(records, "CustomDataset", csv_path)
-        return records
+        return _read_records_csv(csv_path, root)
 
 # %% ../nbs/01_data.ipynb #7dc339bc
 DATASETS = {"market1501": Market1501, "dukemtmcreid": DukeMTMCreID, "cuhk03": CUHK03, "msmt17": MSMT17,
@@ -422,7 +468,55 @@ def max_batches(groups: Sequence[int], P: int) -> int:
             high = mid - 1
     return low
 
+# %% ../nbs/01_data.ipynb #f731bd1a
+def _check_sampler_options(P: int, K: int, epoch: str, num_replicas: int, rank: int):
+    "Raise ValueError, naming the argument, unless P, K, num_replicas are positive, rank < num_replicas, epoch a mode."
+    for name, value in (("P", P), ("K", K), ("num_replicas", num_replicas)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (P persons × K images per batch), got {value!r}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must lie in 0 … num_replicas - 1 = {num_replicas - 1}, got {rank!r}")
+    if epoch not in EPOCH_MODES:
+        raise ValueError(f"epoch must be one of {EPOCH_MODES}, got {epoch!r}")
 
+
+def _indices_by_person(train: Sequence[Record]) -> list[list[int]]:
+    "The dataset indices of each person of `train`, persons in the order of their sorted pids."
+    by_pid = defaultdict(list)
+    for index, record in enumerate(train):
+        by_pid[record.pid].append(index)
+    return [by_pid[pid] for pid in sorted(by_pid)]
+
+
+def _check_batch_fits(identities: int, images: int, P: int, K: int, num_replicas: int):
+    "Raise ValueError unless `identities` persons and `images` images fill a batch of P·num_replicas persons × K images."
+    total = P * num_replicas  # persons per global batch
+    if identities < total:
+        raise ValueError(f"P = {P} persons per batch" + (f" on each of {num_replicas} processes" if num_replicas > 1 else "")
+                         + f", but the training set has only {identities} identities: lower P")
+    if total * K > images:
+        raise ValueError(f"a batch of P·K = {total}·{K} = {total * K} images is larger than the training set "
+                         f"({images} images): lower P or K")
+
+# %% ../nbs/01_data.ipynb #a49590da
+def _person_groups(indices: list[int], n_groups: int, K: int, g: torch.Generator) -> list[list[int]]:
+    """`n_groups` groups of K of a person's dataset `indices`, cut from a random order of them; a person with fewer
+    than K images shows each once and repeats randomly drawn ones."""
+    order = [indices[j] for j in torch.randperm(len(indices), generator=g).tolist()]
+    if len(order) < K:  # too few images: each once, then random repeats
+        order += [indices[j] for j in torch.randint(len(indices), (K - len(order),), generator=g).tolist()]
+    return [order[k * K:(k + 1) * K] for k in range(n_groups)]
+
+# %% ../nbs/01_data.ipynb #c81abd79
+def _deal(groups: list[list[int]], B: int, P: int, g: torch.Generator) -> list[list[int]]:
+    "Keep B·P of `groups` at random, in their order; give group j of them to batch j mod B; return the batches shuffled."
+    kept = sorted(torch.randperm(len(groups), generator=g)[: B * P].tolist())  # drop surplus groups
+    batches = [[] for _ in range(B)]
+    for j, position in enumerate(kept):
+        batches[j % B] += groups[position]
+    return [batches[b] for b in torch.randperm(B, generator=g).tolist()]
+
+# %% ../nbs/01_data.ipynb #4b42d18e
 class RandomIdentitySampler(Sampler[int]):
     """Indices into `train` (records with a `pid`) in batches of P persons × K images (§4.1), the K images of a person
     consecutive. `epoch`: 'images' (every image about once per epoch, Bag of Tricks) or 'identities' (every person at
@@ -433,28 +527,13 @@ class RandomIdentitySampler(Sampler[int]):
 
     def __init__(self, train: Sequence[Record], P: int = 16, K: int = 4, seed: int = 0, epoch: str = "images",
                  num_replicas: int = 1, rank: int = 0):
-        for name, value in (("P", P), ("K", K), ("num_replicas", num_replicas)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer (P persons × K images per batch), got {value!r}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must lie in 0 … num_replicas - 1 = {num_replicas - 1}, got {rank!r}")
-        if epoch not in EPOCH_MODES:
-            raise ValueError(f"epoch must be one of {EPOCH_MODES}, got {epoch!r}")
-        by_pid = defaultdict(list)
-        for index, record in enumerate(train):
-            by_pid[record.pid].append(index)
-        total = P * num_replicas  # persons per global batch
-        if len(by_pid) < total:
-            raise ValueError(f"P = {P} persons per batch" + (f" on each of {num_replicas} processes" if num_replicas > 1 else "")
-                             + f", but the training set has only {len(by_pid)} identities: lower P")
-        if total * K > len(train):
-            raise ValueError(f"a batch of P·K = {total}·{K} = {total * K} images is larger than the training set "
-                             f"({len(train)} images): lower P or K")
+        _check_sampler_options(P, K, epoch, num_replicas, rank)
+        self.indices = _indices_by_person(train)  # dataset indices of each person
+        _check_batch_fits(len(self.indices), len(train), P, K, num_replicas)
         self.P, self.K, self.seed, self.mode, self.epoch = P, K, seed, epoch, 0
         self.num_replicas, self.rank = num_replicas, rank
-        self.indices = [by_pid[pid] for pid in sorted(by_pid)]  # dataset indices of each person
         self.groups = [1 if epoch == "identities" else max(1, len(ix) // K) for ix in self.indices]
-        self.num_batches = max_batches(self.groups, total)
+        self.num_batches = max_batches(self.groups, P * num_replicas)
 
     def set_epoch(self, epoch: int):
         "Draw the batches of epoch `epoch` on the next iteration (seed + epoch seeds the generator)."
@@ -466,19 +545,10 @@ class RandomIdentitySampler(Sampler[int]):
     def global_batches(self) -> list[list[int]]:
         "This epoch's B batches of all processes, each P·num_replicas·K dataset indices (K consecutive per person)."
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        B, K, P = self.num_batches, self.K, self.P * self.num_replicas
-        groups = []  # (person, K indices), persons in random order, each with at most B groups
+        groups = []  # persons in random order, each with at most B groups
         for person in torch.randperm(len(self.indices), generator=g).tolist():
-            ix = self.indices[person]
-            order = [ix[j] for j in torch.randperm(len(ix), generator=g).tolist()]
-            if len(order) < K:  # too few images: each once, then random repeats
-                order += [ix[j] for j in torch.randint(len(ix), (K - len(order),), generator=g).tolist()]
-            groups += [order[k * K:(k + 1) * K] for k in range(min(self.groups[person], B))]
-        kept = sorted(torch.randperm(len(groups), generator=g)[: B * P].tolist())  # drop surplus groups
-        batches = [[] for _ in range(B)]
-        for j, position in enumerate(kept):
-            batches[j % B] += groups[position]
-        return [batches[b] for b in torch.randperm(B, generator=g).tolist()]
+            groups += _person_groups(self.indices[person], min(self.groups[person], self.num_batches), self.K, g)
+        return _deal(groups, self.num_batches, self.P * self.num_replicas, g)
 
     def batches(self) -> list[list[int]]:
         "This epoch's B batches of this process, each a list of P·K dataset indices (P persons, K consecutive images each)."
@@ -530,7 +600,24 @@ def read_image(path: str | Path) -> Image.Image:
                       "decode (JPEG, PNG, BMP). Replace or delete it, or pass bad_images='skip' to leave "
                       "unreadable images out with a warning") from err
 
+# %% ../nbs/01_data.ipynb #c661e58b
+def _readable(records: list[Record]) -> list[Record]:
+    "The records whose image decodes; warn about the others, and raise ValueError if none is left."
+    good, bad = [], []
+    for record in records:
+        try:
+            read_image(record.path)
+            good.append(record)
+        except OSError as err:
+            bad.append(f"{record.path} ({err.__cause__})")
+    if bad:
+        warnings.warn(f"left out {len(bad)} unreadable image(s) of {len(records)}: " + "; ".join(bad[:5])
+                      + (" …" if len(bad) > 5 else ""))
+    if not good:
+        raise ValueError(f"none of the {len(records)} images can be read, e.g. {bad[0]}")
+    return good
 
+# %% ../nbs/01_data.ipynb #24e7c101
 class ReIDImages(Dataset):
     """The images of `records` as a Dataset: item i is (image, pid, camid), plus the path with `return_path`.
     `transform` maps the RGB PIL image to a tensor (default: `to_tensor`, no resize). `bad_images`: 'raise' (an
@@ -543,24 +630,7 @@ class ReIDImages(Dataset):
         self.transform = transform if transform is not None else T.functional.to_tensor
         self.return_path = return_path
         if bad_images == "skip":
-            self.records = self._readable(self.records)
-
-    @staticmethod
-    def _readable(records: list[Record]) -> list[Record]:
-        "The records whose image decodes; warn about the others."
-        good, bad = [], []
-        for record in records:
-            try:
-                read_image(record.path)
-                good.append(record)
-            except OSError as err:
-                bad.append(f"{record.path} ({err.__cause__})")
-        if bad:
-            warnings.warn(f"left out {len(bad)} unreadable image(s) of {len(records)}: " + "; ".join(bad[:5])
-                          + (" …" if len(bad) > 5 else ""))
-        if not good:
-            raise ValueError(f"none of the {len(records)} images can be read, e.g. {bad[0]}")
-        return good
+            self.records = _readable(self.records)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +21,8 @@ from .erase import ErO, check_tau
 
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch',
-           'StripePool', 'BranchOutput', 'BNNeck', 'check_model_options', 'Inspection', 'DeepMiner', 'branch_summary',
-           'format_branch_table']
+           'StripePool', 'BranchOutput', 'BNNeck', 'DeepMinerConfig', 'make_heads', 'Inspection', 'DeepMiner',
+           'model_device', 'branch_summary', 'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -48,7 +48,7 @@ def _download_weights(name: str) -> dict:
             f"or pass backbone_weights=PATH to load a local copy."
         ) from err
 
-
+# %% ../nbs/04_model.ipynb #a9dbc2b0
 def _read_weights(path: str | Path) -> dict:
     "A ResNet state dict from a local file (plain, under 'state_dict', or saved from DataParallel), without `fc.*`."
     path = Path(path)
@@ -62,7 +62,7 @@ def _read_weights(path: str | Path) -> dict:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
-
+# %% ../nbs/04_model.ipynb #cb2a96ac
 def build_resnet(name: str = "resnet50", pretrained: bool = False, weights_path: str | Path | None = None,
                  last_stride: int = 1) -> torchvision.models.ResNet:
     """A torchvision ResNet `name` with block 4's stride set to `last_stride`, randomly initialised, or with ImageNet
@@ -166,23 +166,68 @@ class BNNeck(nn.Module):
         return normalized, self.classifier(normalized)
 
 # %% ../nbs/04_model.ipynb #81ba0e1d
-def check_model_options(backbone: str, ie_after, tau: float, stripes: int, cham_gate: str, pretrained: bool = False,
-                        backbone_weights=None) -> tuple[tuple[int, ...], float]:
-    "Check `DeepMiner`'s knobs; raise ValueError naming a bad one. Returns `ie_after` sorted and `tau` as a float."
-    if backbone not in RESNETS:
-        raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {backbone!r}")
-    ie_after = tuple(sorted(ie_after))
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3 for i in ie_after):
-        raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {ie_after}")
-    if len(set(ie_after)) != len(ie_after):
-        raise ValueError(f"ie_after must not repeat a position, got {ie_after}")
-    if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
-        raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {stripes!r}")
-    if cham_gate not in CHAM_GATES:
-        raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {cham_gate!r}")
-    if pretrained and backbone_weights is not None:
-        raise ValueError("pass either pretrained=True or backbone_weights=PATH, not both")
-    return ie_after, check_tau(tau)
+@dataclass
+class DeepMinerConfig:
+    """Every option of the Deep Miner network; the defaults are the paper's model. Checked when made: a bad value
+    raises ValueError naming the field. `DeepMiner(num_classes, config)` builds the network it describes."""
+    backbone: str = "resnet50"             # a key of RESNETS
+    ie_after: tuple[int, ...] = (2, 3)     # an IE branch after each of these blocks, §3.2 (Tables 1–2)
+    tau: float = 0.8                       # ErO's threshold, eq. (1) (Figure 7)
+    local_branch: bool = True              # the stripes branch on Y3, §3.3 (Table 3)
+    stripes: int = 4                       # its horizontal stripes
+    sam: bool = True                       # spatial attention after B2 and B3, §3.4 (Table 4)
+    cham: bool = True                      # channel attention after B2 and B3
+    cham_gate: str = "sigmoid"             # "sigmoid" (PLR-OSNet's code) or "softmax" (the paper's text), 03_attention
+    pretrained: bool = False               # start from torchvision's ImageNet weights (downloads once)
+    backbone_weights: str | None = None    # ... or from ImageNet weights in a local file
+
+    def __post_init__(self):
+        if self.backbone not in RESNETS:
+            raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {self.backbone!r}")
+        if isinstance(self.ie_after, (int, str)) or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3
+                                                        for i in self.ie_after):
+            raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {self.ie_after!r}")
+        self.ie_after = tuple(sorted(self.ie_after))
+        if len(set(self.ie_after)) != len(self.ie_after):
+            raise ValueError(f"ie_after must not repeat a position, got {self.ie_after}")
+        self.tau = check_tau(self.tau)
+        if isinstance(self.stripes, bool) or not isinstance(self.stripes, int) or self.stripes < 1:
+            raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {self.stripes!r}")
+        if self.cham_gate not in CHAM_GATES:
+            raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {self.cham_gate!r}")
+        if self.pretrained and self.backbone_weights is not None:
+            raise ValueError("pass either pretrained=True or backbone_weights=PATH, not both")
+        if self.backbone_weights is not None:
+            self.backbone_weights = str(self.backbone_weights)
+
+    def baseline(self) -> DeepMinerConfig:
+        "The paper's baseline with this backbone and initialisation: the global branch alone (no IE, local or ATT)."
+        return replace(self, ie_after=(), local_branch=False, sam=False, cham=False)
+
+    def to_dict(self) -> dict:
+        "A JSON-compatible dict (`ie_after` as a list)."
+        return {**asdict(self), "ie_after": list(self.ie_after)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeepMinerConfig:
+        "The inverse of `to_dict`; unknown keys are an error that names them."
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DeepMinerConfig options: {sorted(unknown)}")
+        return cls(**d)
+
+# %% ../nbs/04_model.ipynb #c0cd98b0
+def make_heads(config: DeepMinerConfig, dim: int, num_classes: int) -> tuple[nn.ModuleDict, dict[str, int], nn.ModuleDict]:
+    "Each branch's pooling, feature size and BNNeck, for last feature maps of `dim` channels: (pools, dims, heads)."
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer (identities in the training set), got {num_classes!r}")
+    names = ["global", *(f"ie{k}" for k in range(1, len(config.ie_after) + 1))]
+    pools = nn.ModuleDict({name: nn.AdaptiveMaxPool2d(1) for name in names})
+    if config.local_branch:
+        pools["local"] = StripePool(config.stripes)
+    feature_dims = {name: dim * (config.stripes if name == "local" else 1) for name in pools}
+    heads = nn.ModuleDict({name: BNNeck(d, num_classes) for name, d in feature_dims.items()})
+    return pools, feature_dims, heads
 
 # %% ../nbs/04_model.ipynb #c845bfdb
 @dataclass
@@ -193,40 +238,23 @@ class Inspection:
     erase_inputs: dict[str, torch.Tensor]    # IE branch -> the Y_i it erases
     erase_masks: dict[str, torch.Tensor]     # IE branch -> its mask M (B, 1, H_i, W_i), 1 = kept, 0 = erased
 
-
+# %% ../nbs/04_model.ipynb #0d616d32
 class DeepMiner(nn.Module):
-    """Deep Miner (Benzine et al. 2021): a ResNet global branch, input-erased branches after the blocks in `ie_after`,
-    an optional local branch of `stripes` stripes after B3, SAM/CHAM attention after B2 and B3, and a BNNeck per branch.
-    Training mode returns {branch: BranchOutput}; eval mode returns the concatenated BNNeck features (B, D)."""
+    """Deep Miner (Benzine et al. 2021) as `config` says (default: the paper's model; fields overridden by keyword, e.g.
+    `DeepMiner(751, backbone="resnet18")`). Training mode: {branch: BranchOutput}; eval mode: BNNeck features (B, D)."""
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", ie_after: tuple[int, ...] = (2, 3),
-                 tau: float = 0.8, local_branch: bool = True, stripes: int = 4, sam: bool = True, cham: bool = True,
-                 pretrained: bool = False, backbone_weights: str | Path | None = None, cham_gate: str = "sigmoid"):
+    def __init__(self, num_classes: int, config: DeepMinerConfig | None = None, **options):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer (identities in the training set), got {num_classes!r}")
-        ie_after, tau = check_model_options(backbone, ie_after, tau, stripes, cham_gate, pretrained, backbone_weights)
-        self.config = dict(num_classes=num_classes, backbone=backbone, ie_after=ie_after, tau=tau,
-                           local_branch=local_branch, stripes=stripes, sam=sam, cham=cham, cham_gate=cham_gate)
-
-        resnet = build_resnet(backbone, pretrained=pretrained, weights_path=backbone_weights)
+        if config is not None and not isinstance(config, DeepMinerConfig):
+            raise TypeError(f"config must be a DeepMinerConfig, got {config!r} (pass options by name, e.g. backbone='resnet18')")
+        self.num_classes, self.config = num_classes, replace(config or DeepMinerConfig(), **options)
+        c = self.config
+        resnet = build_resnet(c.backbone, pretrained=c.pretrained, weights_path=c.backbone_weights)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.stages = make_stages(resnet, sam=sam, cham=cham, cham_gate=cham_gate)  # G-branch: B1 … B4
-        self.ie_branches = nn.ModuleList(InputErasedBranch(i, self.stages, tau) for i in ie_after)
-        self.local_branch = copy.deepcopy(self.stages[3]) if local_branch else None  # B4 copy, fed Y3
-
-        dim = block_channels(resnet.layer4)
-        self.pools = nn.ModuleDict({"global": nn.AdaptiveMaxPool2d(1)})
-        self.pools.update({f"ie{k}": nn.AdaptiveMaxPool2d(1) for k in range(1, len(ie_after) + 1)})
-        if local_branch:
-            self.pools["local"] = StripePool(stripes)
-        self.feature_dims = {name: dim * (stripes if name == "local" else 1) for name in self.pools}
-        self.heads = nn.ModuleDict({name: BNNeck(d, num_classes) for name, d in self.feature_dims.items()})
-
-    @classmethod
-    def baseline(cls, num_classes: int, backbone: str = "resnet50", **kwargs) -> "DeepMiner":
-        "The paper's baseline: the global branch alone (no IE branch, no local branch, no attention) with its BNNeck."
-        return cls(num_classes, backbone, ie_after=(), local_branch=False, sam=False, cham=False, **kwargs)
+        self.stages = make_stages(resnet, sam=c.sam, cham=c.cham, cham_gate=c.cham_gate)  # G-branch: B1 … B4
+        self.ie_branches = nn.ModuleList(InputErasedBranch(i, self.stages, c.tau) for i in c.ie_after)
+        self.local_branch = copy.deepcopy(self.stages[3]) if c.local_branch else None  # B4 copy, fed Y3
+        self.pools, self.feature_dims, self.heads = make_heads(c, block_channels(resnet.layer4), num_classes)
 
     @property
     def branch_names(self) -> list[str]:
@@ -255,14 +283,27 @@ class DeepMiner(nn.Module):
         bn_features, logits = self.heads[name](features)     # (B, D_branch), (B, num_classes)
         return features, bn_features, logits
 
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        "Every branch's last feature maps (B, C, h, w) for images `x` (B, 3, H, W): `inspect`'s `feature_maps`."
+        return self.inspect(x).feature_maps
+
+    def forward_head(self, feature_maps: dict[str, torch.Tensor], pre_logits: bool = False) -> dict | torch.Tensor:
+        """Pool each branch's maps and apply its BNNeck. `pre_logits=True`: the concatenated BNNeck features
+        (B, Σ D_branch), the re-ID descriptor; otherwise {branch: BranchOutput(f_Br, logits)} for the losses."""
+        heads = {name: self.branch_head(name, maps) for name, maps in feature_maps.items()}
+        if pre_logits:
+            return torch.cat([bn_features for _, bn_features, _ in heads.values()], dim=1)
+        return {name: BranchOutput(features, logits) for name, (features, _, logits) in heads.items()}
+
     def forward(self, x: torch.Tensor) -> dict[str, BranchOutput] | torch.Tensor:
         "Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1."
-        outputs, normalized = {}, []
-        for name, maps in self.inspect(x).feature_maps.items():
-            features, bn_features, logits = self.branch_head(name, maps)
-            outputs[name] = BranchOutput(features, logits)
-            normalized.append(bn_features)
-        return outputs if self.training else torch.cat(normalized, dim=1)
+        return self.forward_head(self.forward_features(x), pre_logits=not self.training)
+
+# %% ../nbs/04_model.ipynb #da82bbe0
+def model_device(model: nn.Module) -> torch.device:
+    "The device of `model`'s first parameter (the CPU for a model without parameters)."
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 # %% ../nbs/04_model.ipynb #53442d00
 def _module_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -282,7 +323,7 @@ def _module_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 def branch_summary(model: DeepMiner, height: int = 384, width: int = 128) -> list[dict]:
     """One row per branch of `model`, plus a total: what it reads, which blocks it runs, its feature size, its own
     parameters (with the attention and head shares) and its MACs for one `height`×`width` image."""
-    macs = _module_macs(model, torch.zeros(1, 3, height, width, device=next(model.parameters()).device))
+    macs = _module_macs(model, torch.zeros(1, 3, height, width, device=model_device(model)))
     def params(*modules):
         return sum(p.numel() for m in modules if m is not None for p in m.parameters())
     def attention(*modules):
@@ -322,16 +363,16 @@ def format_branch_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/04_model.ipynb #060f9180
+_BASELINE = DeepMinerConfig().baseline()   # the global branch alone
 PAPER_VARIANTS = {
-    "baseline": dict(ie_after=(), local_branch=False, sam=False, cham=False),
-    **{f"ie3_tau{t / 10:.1f}": dict(ie_after=(3,), tau=t / 10, local_branch=False, sam=False, cham=False)
-       for t in range(2, 11)},                                                            # Figure 7
-    **{f"ie{i}": dict(ie_after=(i,), local_branch=False, sam=False, cham=False) for i in (1, 2, 3)},  # Table 1
-    "ie23": dict(ie_after=(2, 3), local_branch=False, sam=False, cham=False),              # Table 2
-    "ie13": dict(ie_after=(1, 3), local_branch=False, sam=False, cham=False),
-    "ie123": dict(ie_after=(1, 2, 3), local_branch=False, sam=False, cham=False),
-    "ie23_local": dict(ie_after=(2, 3), local_branch=True, sam=False, cham=False),        # Table 3
-    "ie23_local_sam": dict(ie_after=(2, 3), local_branch=True, sam=True, cham=False),     # Table 4
-    "ie23_local_cham": dict(ie_after=(2, 3), local_branch=True, sam=False, cham=True),
-    "deep_miner": dict(ie_after=(2, 3), local_branch=True, sam=True, cham=True),          # the paper's model
-}  # name -> DeepMiner keyword arguments (tau defaults to 0.8, stripes to 4)
+    "baseline": _BASELINE,
+    **{f"ie3_tau{t / 10:.1f}": replace(_BASELINE, ie_after=(3,), tau=t / 10) for t in range(2, 11)},     # Figure 7
+    **{f"ie{i}": replace(_BASELINE, ie_after=(i,)) for i in (1, 2, 3)},                                   # Table 1
+    "ie23": replace(_BASELINE, ie_after=(2, 3)),                                                          # Table 2
+    "ie13": replace(_BASELINE, ie_after=(1, 3)),
+    "ie123": replace(_BASELINE, ie_after=(1, 2, 3)),
+    "ie23_local": replace(_BASELINE, ie_after=(2, 3), local_branch=True),                                 # Table 3
+    "ie23_local_sam": replace(_BASELINE, ie_after=(2, 3), local_branch=True, sam=True),                   # Table 4
+    "ie23_local_cham": replace(_BASELINE, ie_after=(2, 3), local_branch=True, cham=True),
+    "deep_miner": DeepMinerConfig(),                                                                      # the paper's model
+}  # name -> DeepMinerConfig (ResNet-50; build another backbone with DeepMiner(n, PAPER_VARIANTS[name], backbone=...))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,11 @@ __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE
            'reference_probe', 'load_references', 'reference_table', 'plot_learning_curves']
 
 # %% ../nbs/06a_reference.ipynb #c218937a
-REFERENCE_SIZE = dict(dataset="synthetic", root="data/synthetic", backbone="resnet18", height=128, width=64, P=8, K=4,
+REFERENCE_SIZE = dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=128, width=64, P=8, K=4,
                       epochs=40, lr=3e-3, warmup_epochs=2, warmup_start_lr=3e-4, milestones=(24,), eval_every=4,
-                      cpu_bf16=True)  # TrainConfig settings of every reference run; epochs is the cap
+                      cpu_bf16=True)  # TrainConfig settings of every reference run (model: the backbone); epochs is the cap
 REFERENCE_VARIANTS = {"deep_miner": PAPER_VARIANTS["deep_miner"],
-                      "deep_miner_tau1.0": {**PAPER_VARIANTS["deep_miner"], "tau": 1.0}}  # the model and its control
+                      "deep_miner_tau1.0": replace(PAPER_VARIANTS["deep_miner"], tau=1.0)}  # the model and its control
 REFERENCE_SEEDS = (0, 1, 2)
 REFERENCE_RESULTS = Path("nbs/results/reference.json")   # the cache, relative to the repository root
 REFERENCE_RUNS = Path("runs/reference")                  # run folders (checkpoints: not committed)
@@ -43,7 +44,9 @@ def reference_config(variant: str = "deep_miner", seed: int = 0, **overrides) ->
     "The `TrainConfig` of a reference run: `REFERENCE_SIZE`, the model of `REFERENCE_VARIANTS[variant]`, `seed`, `overrides`."
     if variant not in REFERENCE_VARIANTS:
         raise ValueError(f"unknown reference variant {variant!r}: expected one of {list(REFERENCE_VARIANTS)}")
-    return TrainConfig(**{**REFERENCE_SIZE, **REFERENCE_VARIANTS[variant], "seed": seed, **overrides})
+    settings = {**REFERENCE_SIZE, "seed": seed, **overrides}
+    model = replace(REFERENCE_VARIANTS[variant], **settings.pop("model"))   # the variant with the size's backbone
+    return TrainConfig(**settings, model=model)
 
 # %% ../nbs/06a_reference.ipynb #c34a1d2f
 def check_from(config: TrainConfig) -> int:
@@ -124,7 +127,7 @@ def run_references(variants: Sequence[str] | None = None, seeds: Sequence[int] =
     variants = list(REFERENCE_VARIANTS) if variants is None else list(variants)
     configs = {(v, s): reference_config(v, s, **overrides) for s in seeds for v in variants}   # validates first
     for (variant, seed), config in configs.items():
-        if any((r["variant"], r["seed"]) == (variant, seed) and r["config"] == config.to_dict() for r in load_results(results)):
+        if any((r["variant"], r["seed"]) == (variant, seed) and TrainConfig.from_dict(r["config"]) == config for r in load_results(results)):
             continue
         record = run_reference(variant, seed, config, runs, command, progress)
         kept = [r for r in load_results(results) if (r["variant"], r["seed"]) != (variant, seed)]
@@ -155,7 +158,7 @@ def save_trunk(checkpoint: str | Path, path: str | Path, source: dict | None = N
     config = TrainConfig.from_dict(state["config"])
     weights = state["model"]
     trunk = {k: v.half() if v.is_floating_point() else v for k, v in weights.items() if k.startswith(TRUNK_PREFIXES)}
-    options = {**config.model_kwargs(), "pretrained": False, "backbone_weights": None,
+    options = {**config.model.to_dict(), "pretrained": False, "backbone_weights": None,
                "num_classes": weights["heads.global.classifier.weight"].shape[0]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def draw_cameras(n: int, rng: np.random.Generator) -> list[Camera]:
                               brightness=float(round(rng.uniform(0.75, 1.2), 3))))
     return cameras
 
-
+# %% ../nbs/00_synthetic.ipynb #96a4e97f
 def _background(camera: Camera, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     "A (height, width, 3) float background in the camera's texture, shifted at random for each image."
     a, b = (np.array(c, dtype=np.float32) for c in camera.colours)
@@ -161,6 +161,11 @@ def _background(camera: Camera, height: int, width: int, rng: np.random.Generato
     return np.clip(a + (b - a) * np.clip(t, 0, 1), 0, 255)
 
 # %% ../nbs/00_synthetic.ipynb #7bd724d1
+SKINS = ((236, 200, 170), (198, 150, 110), (120, 82, 56))
+FACINGS = ("front", "back", "left", "right")
+BUILD_WIDTH = {"slim": 0.85, "average": 1.0, "broad": 1.2}
+
+
 class _Canvas:
     "Draws each shape on the RGB image and, with its part label, on the layout map."
 
@@ -173,96 +178,179 @@ class _Canvas:
         if part is not None:
             getattr(self.labels, kind)(xy, fill=PARTS.index(part))
 
+# %% ../nbs/00_synthetic.ipynb #5043b028
+@dataclass(frozen=True)
+class _Body:
+    "The geometry of one drawn person, in pixels: centre line `x0`, top `y0`, height `h`, facing, widths of the parts."
+    x0: float
+    y0: float
+    h: float
+    facing: str       # one of FACINGS
+    side: bool        # seen from the left or the right
+    sign: int         # the way a side view looks: +1 right, -1 left
+    torso_w: float
+    arm_w: float
+    leg_w: float
 
-SKINS = ((236, 200, 170), (198, 150, 110), (120, 82, 56))
-FACINGS = ("front", "back", "left", "right")
-BUILD_WIDTH = {"slim": 0.85, "average": 1.0, "broad": 1.2}
+    def y(self, f: float) -> float:
+        "The pixel row at fraction `f` of the height."
+        return self.y0 + f * self.h
 
+    @property
+    def rows(self) -> tuple[float, float, float, float]:
+        "The rows of the shoulders (the top of the torso), the waist, the knees and the ankles."
+        return self.y(0.15), self.y(0.5), self.y(0.72), self.y(0.93)
 
-def _draw_person(canvas: _Canvas, person: Identity, facing: str, x0: float, y0: float, h: float):
-    "Draw `person` facing `facing` in the box of height `h` whose top centre is (`x0`, `y0`)."
-    colour = lambda name: COLOURS[name]
-    skin = SKINS[person.skin]
+    @property
+    def legs_x(self) -> list[float]:
+        "The centre of each visible leg: one in a side view, two otherwise."
+        return [self.x0] if self.side else [self.x0 - self.leg_w * 0.6, self.x0 + self.leg_w * 0.6]
+
+    @property
+    def arms_x(self) -> list[float]:
+        "The centre of each visible arm: one in a side view, two beside the torso otherwise."
+        if self.side:
+            return [self.x0 + self.sign * self.torso_w * 0.1]
+        return [self.x0 - self.torso_w / 2 - self.arm_w / 2, self.x0 + self.torso_w / 2 + self.arm_w / 2]
+
+    @property
+    def head_size(self) -> tuple[float, float]:
+        "The width and height of the head."
+        return 0.12 * self.h, 0.135 * self.h
+
+# %% ../nbs/00_synthetic.ipynb #31a870fc
+def _body(build: str, facing: str, x0: float, y0: float, h: float) -> _Body:
+    "The geometry of a person of `build` facing `facing` in the box of height `h` whose top centre is (`x0`, `y0`)."
     side = facing in ("left", "right")
-    sign = 1 if facing == "right" else -1                       # where a side view looks
-    wf = BUILD_WIDTH[person.build] * (0.72 if side else 1.0)
-    torso_w, arm_w, leg_w = 0.27 * h * wf, 0.065 * h, 0.1 * h * BUILD_WIDTH[person.build]
-    y = lambda f: y0 + f * h                                    # fraction of the height -> pixel row
-    top, waist, knee, ankle = y(0.15), y(0.5), y(0.72), y(0.93)
+    torso_scale = BUILD_WIDTH[build] * (0.72 if side else 1.0)
+    torso_w, arm_w, leg_w = 0.27 * h * torso_scale, 0.065 * h, 0.1 * h * BUILD_WIDTH[build]
+    return _Body(x0, y0, h, facing, side, 1 if facing == "right" else -1, torso_w, arm_w, leg_w)
 
-    # accessory behind the body: a backpack seen from the back or the side
-    if person.accessory == "backpack" and facing != "front":
-        bx = x0 - sign * torso_w * 0.55 if side else x0
-        bw = torso_w * (0.45 if side else 0.8)
-        canvas.shape("rectangle", (bx - bw / 2, y(0.17), bx + bw / 2, y(0.45)), colour(person.accessory_colour), "accessory")
-    # legs
-    legs_x = [x0] if side else [x0 - leg_w * 0.6, x0 + leg_w * 0.6]
-    leg_colour = colour(person.leg_colour)
-    for lx in legs_x:
-        w = leg_w * (1.3 if side else 1.0)
+# %% ../nbs/00_synthetic.ipynb #1b832d5e
+def _draw_backpack_behind(canvas: _Canvas, person: Identity, body: _Body):
+    "A backpack seen from the back (a block on the back) or from the side (a block behind the torso)."
+    if person.accessory != "backpack" or body.facing == "front":
+        return
+    bx = body.x0 - body.sign * body.torso_w * 0.55 if body.side else body.x0
+    bw = body.torso_w * (0.45 if body.side else 0.8)
+    canvas.shape("rectangle", (bx - bw / 2, body.y(0.17), bx + bw / 2, body.y(0.45)), COLOURS[person.accessory_colour],
+                 "accessory")
+
+# %% ../nbs/00_synthetic.ipynb #b062232e
+def _draw_legs(canvas: _Canvas, person: Identity, body: _Body):
+    "Trousers, or bare legs below the knee with shorts or a skirt above."
+    _, waist, knee, ankle = body.rows
+    skin, leg_colour = SKINS[person.skin], COLOURS[person.leg_colour]
+    w = body.leg_w * (1.3 if body.side else 1.0)
+    for lx in body.legs_x:
         if person.leg_style == "trousers":
             canvas.shape("rectangle", (lx - w / 2, waist, lx + w / 2, ankle), leg_colour, "legs")
         else:
             canvas.shape("rectangle", (lx - w / 2.4, knee, lx + w / 2.4, ankle), skin, "legs")
             if person.leg_style == "shorts":
-                canvas.shape("rectangle", (lx - w / 2, waist, lx + w / 2, knee - 0.02 * h), leg_colour, "legs")
+                canvas.shape("rectangle", (lx - w / 2, waist, lx + w / 2, knee - 0.02 * body.h), leg_colour, "legs")
     if person.leg_style == "skirt":
-        half = torso_w / 2
-        canvas.shape("polygon", [(x0 - half, waist), (x0 + half, waist), (x0 + half * 1.35, knee), (x0 - half * 1.35, knee)], leg_colour, "legs")
-    # shoes
-    for lx in legs_x:
-        w = leg_w * (1.5 if side else 1.15)
-        sx = lx + (sign * w * 0.2 if side else 0)
-        canvas.shape("rectangle", (sx - w / 2, ankle, sx + w / 2, y(0.985)), colour(person.shoe_colour), "shoes")
-    # torso and sleeves
-    torso_colour = np.array(colour(person.torso_colour))
-    pattern_colour = (30, 30, 30) if torso_colour.mean() > 140 else (235, 235, 235)
-    box = (x0 - torso_w / 2, top, x0 + torso_w / 2, waist)
-    canvas.shape("rectangle", box, torso_colour, "torso")
-    if person.torso_pattern == "stripes":
-        band = max(2.0, 0.035 * h)
+        x0, half = body.x0, body.torso_w / 2
+        corners = [(x0 - half, waist), (x0 + half, waist), (x0 + half * 1.35, knee), (x0 - half * 1.35, knee)]
+        canvas.shape("polygon", corners, leg_colour, "legs")
+
+# %% ../nbs/00_synthetic.ipynb #ad5938bb
+def _draw_shoes(canvas: _Canvas, person: Identity, body: _Body):
+    "One shoe per visible leg, from the ankle to the bottom of the figure."
+    ankle = body.rows[3]
+    w = body.leg_w * (1.5 if body.side else 1.15)
+    for lx in body.legs_x:
+        sx = lx + (body.sign * w * 0.2 if body.side else 0)
+        canvas.shape("rectangle", (sx - w / 2, ankle, sx + w / 2, body.y(0.985)), COLOURS[person.shoe_colour], "shoes")
+
+# %% ../nbs/00_synthetic.ipynb #1f5aabef
+def _draw_pattern(canvas: _Canvas, pattern: str, box: tuple, colour, body: _Body):
+    "Stripes, checks, or a logo (seen only from the front) in `colour` over the torso `box` (left, top, right, waist)."
+    left, top, right, waist = box
+    if pattern == "stripes":
+        band = max(2.0, 0.035 * body.h)
         for yy in np.arange(top + band, waist - band / 2, 2 * band):
-            canvas.shape("rectangle", (box[0], yy, box[2], yy + band - 1), pattern_colour, None)
-    elif person.torso_pattern == "checks":
-        cell = max(3.0, 0.055 * h)
+            canvas.shape("rectangle", (left, yy, right, yy + band - 1), colour, None)
+    elif pattern == "checks":
+        cell = max(3.0, 0.055 * body.h)
         for i, yy in enumerate(np.arange(top, waist - 1, cell)):
-            for j, xx in enumerate(np.arange(box[0], box[2] - 1, cell)):
+            for j, xx in enumerate(np.arange(left, right - 1, cell)):
                 if (i + j) % 2:
-                    canvas.shape("rectangle", (xx, yy, min(xx + cell - 1, box[2]), min(yy + cell - 1, waist)), pattern_colour, None)
-    elif person.torso_pattern == "logo" and facing == "front":
-        r = 0.06 * h
-        canvas.shape("ellipse", (x0 - r, y(0.27) - r, x0 + r, y(0.27) + r), pattern_colour, None)
-    arms_x = [x0 + sign * torso_w * 0.1] if side else [x0 - torso_w / 2 - arm_w / 2, x0 + torso_w / 2 + arm_w / 2]
-    for ax_ in arms_x:
-        canvas.shape("rectangle", (ax_ - arm_w / 2, y(0.16), ax_ + arm_w / 2, y(0.46)), torso_colour * 0.85, "torso")
-        canvas.shape("rectangle", (ax_ - arm_w / 2.5, y(0.46), ax_ + arm_w / 2.5, y(0.52)), skin, "torso")
-    # accessory in front: backpack straps, handbag at a hand
-    if person.accessory == "backpack" and facing == "front":
-        for sx in (x0 - torso_w * 0.28, x0 + torso_w * 0.28):
-            canvas.shape("rectangle", (sx - 0.015 * h, top, sx + 0.015 * h, y(0.36)), colour(person.accessory_colour), "accessory")
+                    canvas.shape("rectangle", (xx, yy, min(xx + cell - 1, right), min(yy + cell - 1, waist)), colour, None)
+    elif pattern == "logo" and body.facing == "front":
+        r = 0.06 * body.h
+        canvas.shape("ellipse", (body.x0 - r, body.y(0.27) - r, body.x0 + r, body.y(0.27) + r), colour, None)
+
+# %% ../nbs/00_synthetic.ipynb #9396f531
+def _draw_torso(canvas: _Canvas, person: Identity, body: _Body):
+    "The top in its colour and pattern, the sleeves and the hands."
+    top, waist, _, _ = body.rows
+    torso_colour = np.array(COLOURS[person.torso_colour])
+    pattern_colour = (30, 30, 30) if torso_colour.mean() > 140 else (235, 235, 235)
+    box = (body.x0 - body.torso_w / 2, top, body.x0 + body.torso_w / 2, waist)
+    canvas.shape("rectangle", box, torso_colour, "torso")
+    _draw_pattern(canvas, person.torso_pattern, box, pattern_colour, body)
+    skin, arm_w = SKINS[person.skin], body.arm_w
+    for ax in body.arms_x:
+        canvas.shape("rectangle", (ax - arm_w / 2, body.y(0.16), ax + arm_w / 2, body.y(0.46)), torso_colour * 0.85, "torso")
+        canvas.shape("rectangle", (ax - arm_w / 2.5, body.y(0.46), ax + arm_w / 2.5, body.y(0.52)), skin, "torso")
+
+# %% ../nbs/00_synthetic.ipynb #bdb3f8ea
+def _draw_accessory_in_front(canvas: _Canvas, person: Identity, body: _Body):
+    "A backpack's straps (from the front) or a handbag at the front hand."
+    if person.accessory == "backpack" and body.facing == "front":
+        top = body.rows[0]
+        for sx in (body.x0 - body.torso_w * 0.28, body.x0 + body.torso_w * 0.28):
+            canvas.shape("rectangle", (sx - 0.015 * body.h, top, sx + 0.015 * body.h, body.y(0.36)),
+                         COLOURS[person.accessory_colour], "accessory")
     if person.accessory == "handbag":
-        hx = arms_x[-1] + (sign * arm_w * 0.3 if side else 0)
-        canvas.shape("rectangle", (hx - 0.06 * h, y(0.47), hx + 0.06 * h, y(0.6)), colour(person.accessory_colour), "accessory")
-    # head, hair, hat
-    hw, hh = 0.12 * h, 0.135 * h
-    head = (x0 - hw / 2, y(0.01), x0 + hw / 2, y(0.01) + hh)
-    canvas.shape("rectangle", (x0 - hw / 5, y(0.13), x0 + hw / 5, top + 1), skin, "head")  # neck
+        hx = body.arms_x[-1] + (body.sign * body.arm_w * 0.3 if body.side else 0)
+        canvas.shape("rectangle", (hx - 0.06 * body.h, body.y(0.47), hx + 0.06 * body.h, body.y(0.6)),
+                     COLOURS[person.accessory_colour], "accessory")
+
+# %% ../nbs/00_synthetic.ipynb #beb17137
+def _draw_head(canvas: _Canvas, person: Identity, body: _Body) -> tuple[float, float, float, float]:
+    "The neck, the face and the hair; returns the box of the head."
+    x0, (hw, hh) = body.x0, body.head_size
+    head = (x0 - hw / 2, body.y(0.01), x0 + hw / 2, body.y(0.01) + hh)
+    skin, hair = SKINS[person.skin], COLOURS[person.hair]
+    canvas.shape("rectangle", (x0 - hw / 5, body.y(0.13), x0 + hw / 5, body.rows[0] + 1), skin, "head")  # neck
     canvas.shape("ellipse", head, skin, "head")
-    hair = colour(person.hair)
-    if facing == "back":
+    if body.facing == "back":
         canvas.shape("ellipse", head, hair, "head")
     else:
         canvas.shape("ellipse", (head[0], head[1], head[2], head[1] + hh * 0.55), hair, "head")
-        if side:  # hair at the back of the head
-            bx = x0 - sign * hw * 0.25
+        if body.side:  # hair at the back of the head
+            bx = x0 - body.sign * hw * 0.25
             canvas.shape("ellipse", (bx - hw * 0.3, head[1], bx + hw * 0.3, head[1] + hh * 0.8), hair, "head")
+    return head
+
+# %% ../nbs/00_synthetic.ipynb #5304f417
+def _draw_hat(canvas: _Canvas, person: Identity, body: _Body, head: tuple[float, float, float, float]):
+    "A cap or a beanie on the `head` box, if the person wears one."
+    left, top, right, _ = head
+    x0, (hw, hh) = body.x0, body.head_size
     if person.hat == "cap":
-        canvas.shape("rectangle", (head[0], head[1] - 0.01 * h, head[2], head[1] + hh * 0.35), colour(person.hat_colour), "head")
-        brim = (x0 + sign * hw * 0.5, x0 + sign * hw * 0.95) if side else (x0 - hw * 0.55, x0 + hw * 0.55)
-        if facing != "back":
-            canvas.shape("rectangle", (min(brim), head[1] + hh * 0.28, max(brim), head[1] + hh * 0.4), colour(person.hat_colour), "head")
+        canvas.shape("rectangle", (left, top - 0.01 * body.h, right, top + hh * 0.35), COLOURS[person.hat_colour], "head")
+        brim = (x0 + body.sign * hw * 0.5, x0 + body.sign * hw * 0.95) if body.side else (x0 - hw * 0.55, x0 + hw * 0.55)
+        if body.facing != "back":
+            canvas.shape("rectangle", (min(brim), top + hh * 0.28, max(brim), top + hh * 0.4), COLOURS[person.hat_colour],
+                         "head")
     elif person.hat == "beanie":
-        canvas.shape("ellipse", (head[0] - 1, head[1] - 0.025 * h, head[2] + 1, head[1] + hh * 0.6), colour(person.hat_colour), "head")
+        canvas.shape("ellipse", (left - 1, top - 0.025 * body.h, right + 1, top + hh * 0.6), COLOURS[person.hat_colour],
+                     "head")
+
+# %% ../nbs/00_synthetic.ipynb #24e4a068
+def _draw_person(canvas: _Canvas, person: Identity, facing: str, x0: float, y0: float, h: float):
+    "Draw `person` facing `facing` in the box of height `h` whose top centre is (`x0`, `y0`), back to front."
+    body = _body(person.build, facing, x0, y0, h)
+    _draw_backpack_behind(canvas, person, body)
+    _draw_legs(canvas, person, body)
+    _draw_shoes(canvas, person, body)
+    _draw_torso(canvas, person, body)
+    _draw_accessory_in_front(canvas, person, body)
+    head = _draw_head(canvas, person, body)
+    _draw_hat(canvas, person, body, head)
 
 # %% ../nbs/00_synthetic.ipynb #a79ef8d1
 def render_image(person: Identity | None, camera: Camera, rng: np.random.Generator, height: int = 128, width: int = 64,
@@ -320,63 +408,87 @@ class SyntheticConfig:
     def __post_init__(self):
         if self.max_cameras_per_id is None:
             object.__setattr__(self, "max_cameras_per_id", min(4, self.cameras))
-        for name in ("train_ids", "test_ids", "cameras", "min_cameras_per_id", "images_per_camera", "height", "width", "min_shared"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("distractors", "junk"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if min(self.train_ids, self.test_ids) < 2 * self.min_shared:
-            raise ValueError(f"train_ids and test_ids must be at least 2 * min_shared = {2 * self.min_shared}, so that distinct "
-                             f"people can share every part look, got {self.train_ids} and {self.test_ids}")
-        if not 2 <= self.cameras <= 9:
-            raise ValueError(f"cameras must be between 2 and 9 (Market-1501 names hold one digit), got {self.cameras}")
-        if not 2 <= self.min_cameras_per_id <= self.max_cameras_per_id <= self.cameras:
-            raise ValueError("need 2 <= min_cameras_per_id <= max_cameras_per_id <= cameras (a query needs a match in another "
-                             f"camera), got {self.min_cameras_per_id}, {self.max_cameras_per_id}, {self.cameras}")
-        if self.train_ids + self.test_ids > 9999:
-            raise ValueError(f"train_ids + test_ids must be at most 9999 (four-digit pids), got {self.train_ids + self.test_ids}")
-        if self.height < 32 or self.width < 16:
-            raise ValueError(f"images must be at least 32x16 pixels, got {self.height}x{self.width}")
-        if not 0 <= self.occlusion <= 1:
-            raise ValueError(f"occlusion is a probability in [0, 1], got {self.occlusion}")
+        _check_sizes(self)
+
+# %% ../nbs/00_synthetic.ipynb #1bf5b26d
+def _check_sizes(config: SyntheticConfig):
+    "Raise ValueError, naming the field, unless the sizes of `config` describe a set that can be generated."
+    for name in ("train_ids", "test_ids", "cameras", "min_cameras_per_id", "images_per_camera", "height", "width", "min_shared"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("distractors", "junk"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {getattr(config, name)!r}")
+    if min(config.train_ids, config.test_ids) < 2 * config.min_shared:
+        raise ValueError(f"train_ids and test_ids must be at least 2 * min_shared = {2 * config.min_shared}, so that distinct "
+                         f"people can share every part look, got {config.train_ids} and {config.test_ids}")
+    if not 2 <= config.cameras <= 9:
+        raise ValueError(f"cameras must be between 2 and 9 (Market-1501 names hold one digit), got {config.cameras}")
+    if not 2 <= config.min_cameras_per_id <= config.max_cameras_per_id <= config.cameras:
+        raise ValueError("need 2 <= min_cameras_per_id <= max_cameras_per_id <= cameras (a query needs a match in another "
+                         f"camera), got {config.min_cameras_per_id}, {config.max_cameras_per_id}, {config.cameras}")
+    if config.train_ids + config.test_ids > 9999:
+        raise ValueError(f"train_ids + test_ids must be at most 9999 (four-digit pids), got {config.train_ids + config.test_ids}")
+    if config.height < 32 or config.width < 16:
+        raise ValueError(f"images must be at least 32x16 pixels, got {config.height}x{config.width}")
+    if not 0 <= config.occlusion <= 1:
+        raise ValueError(f"occlusion is a probability in [0, 1], got {config.occlusion}")
 
 # %% ../nbs/00_synthetic.ipynb #5b37352e
 MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
-_PALETTE = [v for rgb in ((0, 0, 0), (230, 170, 60), (200, 40, 40), (40, 90, 200), (60, 170, 80), (170, 60, 190)) for v in rgb]
 
 
-def _plan(config: SyntheticConfig, seed: int) -> tuple[list[Camera], dict[str, list[Identity]], list[dict]]:
-    "Cameras, identities per split, and one spec (folder, pid, camera, person, crop, name) per image, in writing order."
-    root_rng = np.random.default_rng(seed)
-    cameras = draw_cameras(config.cameras, root_rng)
-    pids = root_rng.permutation(np.arange(1, config.train_ids + config.test_ids + 1))
-    people = {"train": draw_identities(sorted(int(p) for p in pids[:config.train_ids]), root_rng, config.min_shared),
-              "test": draw_identities(sorted(int(p) for p in pids[config.train_ids:]), root_rng, config.min_shared)}
+def _identity_specs(config: SyntheticConfig, people: dict[str, list[Identity]], rng: np.random.Generator) -> list[dict]:
+    """One spec (folder, pid, camera, person, crop) per crop of the identities `people` {split: identities}: each is
+    seen by a random set of cameras, `images_per_camera` times by each; a test identity's first crop per camera is
+    its query there."""
     specs = []
     for split, split_people in people.items():
         for person in split_people:
-            n_cams = int(root_rng.integers(config.min_cameras_per_id, config.max_cameras_per_id + 1))
-            for cam in sorted(int(c) for c in root_rng.choice(config.cameras, size=n_cams, replace=False)):
+            n_cams = int(rng.integers(config.min_cameras_per_id, config.max_cameras_per_id + 1))
+            for cam in sorted(int(c) for c in rng.choice(config.cameras, size=n_cams, replace=False)):
                 for k in range(config.images_per_camera):
                     folder = "bounding_box_train" if split == "train" else ("query" if k == 0 else "bounding_box_test")
                     specs.append(dict(folder=folder, pid=person.pid, camera=cam, person=person, crop="person"))
-    strangers = draw_identities(list(range(max(config.distractors, 1))), root_rng, min_shared=1)  # nobody to share with
+    return specs
+
+# %% ../nbs/00_synthetic.ipynb #4870caac
+def _gallery_extras(config: SyntheticConfig, rng: np.random.Generator) -> list[dict]:
+    "Specs of the `distractors` (pid 0, crop 'bad') and the `junk` crops (pid -1, crop 'junk', 30 % show nobody)."
+    strangers = draw_identities(list(range(max(config.distractors, 1))), rng, min_shared=1)  # nobody to share with
+    specs = []
     for i in range(config.distractors):
-        specs.append(dict(folder="bounding_box_test", pid=0, camera=int(root_rng.integers(config.cameras)),
+        specs.append(dict(folder="bounding_box_test", pid=0, camera=int(rng.integers(config.cameras)),
                           person=strangers[i], crop="bad"))
     for i in range(config.junk):
-        specs.append(dict(folder="bounding_box_test", pid=-1, camera=int(root_rng.integers(config.cameras)),
-                          person=strangers[i % len(strangers)] if root_rng.uniform() < 0.7 else None, crop="junk"))
-    frames = [0] * config.cameras
-    for spec in specs:  # frame numbers grow along each camera's "video"
-        frames[spec["camera"]] += int(root_rng.integers(1, 60))
+        specs.append(dict(folder="bounding_box_test", pid=-1, camera=int(rng.integers(config.cameras)),
+                          person=strangers[i % len(strangers)] if rng.uniform() < 0.7 else None, crop="junk"))
+    return specs
+
+# %% ../nbs/00_synthetic.ipynb #6a55abf7
+def _name_images(specs: list[dict], cameras: int, rng: np.random.Generator):
+    "Set each spec's 'name' to PPPP_cCs1_FFFFFF_01.jpg, in place, frame numbers growing along each camera."
+    frames = [0] * cameras
+    for spec in specs:
+        frames[spec["camera"]] += int(rng.integers(1, 60))
         pid = "-1" if spec["pid"] == -1 else f"{spec['pid']:04d}"
         spec["name"] = f"{pid}_c{spec['camera'] + 1}s1_{frames[spec['camera']]:06d}_01.jpg"
+
+# %% ../nbs/00_synthetic.ipynb #c92a003b
+def _plan(config: SyntheticConfig, seed: int) -> tuple[list[Camera], dict[str, list[Identity]], list[dict]]:
+    "Cameras, identities per split, and one spec (folder, pid, camera, person, crop, name) per image, in writing order."
+    rng = np.random.default_rng(seed)
+    cameras = draw_cameras(config.cameras, rng)
+    pids = rng.permutation(np.arange(1, config.train_ids + config.test_ids + 1))
+    people = {"train": draw_identities(sorted(int(p) for p in pids[:config.train_ids]), rng, config.min_shared),
+              "test": draw_identities(sorted(int(p) for p in pids[config.train_ids:]), rng, config.min_shared)}
+    specs = _identity_specs(config, people, rng)
+    specs += _gallery_extras(config, rng)
+    _name_images(specs, config.cameras, rng)
     return cameras, people, specs
 
-
+# %% ../nbs/00_synthetic.ipynb #bb2ea9c3
 def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
     "True when `root` already holds this exact set; raise if it holds something else that must not be lost."
     meta = root / "synthetic.json"
@@ -392,7 +504,19 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
                               "choose an empty or new folder — nothing there is deleted")
     return False
 
+# %% ../nbs/00_synthetic.ipynb #f52531bb
+_PALETTE = [v for rgb in ((0, 0, 0), (230, 170, 60), (200, 40, 40), (40, 90, 200), (60, 170, 80), (170, 60, 190)) for v in rgb]
 
+
+def _write_image(folder: Path, spec: dict, camera: Camera, config: SyntheticConfig, rng: np.random.Generator):
+    "Render `spec` seen by `camera` and save the JPEG and its part-label map in their folders under `folder`."
+    image, layout = render_image(spec["person"], camera, rng, config.height, config.width, config.occlusion, spec["crop"])
+    image.save(folder / spec["folder"] / spec["name"], quality=int(rng.integers(75, 96)))
+    label_map = Image.fromarray(layout, mode="L").convert("P")
+    label_map.putpalette(_PALETTE)
+    label_map.save(folder / "parts" / spec["folder"] / (Path(spec["name"]).stem + ".png"))
+
+# %% ../nbs/00_synthetic.ipynb #f9b2e1e7
 def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False, progress: bool = True,
                         **sizes) -> Path:
     """Write a synthetic person re-ID set in Market-1501's layout to `root` and return `root`. `sizes` are fields of
@@ -411,13 +535,7 @@ def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False
         (tmp / "parts" / folder).mkdir(parents=True)
     try:
         for i, spec in enumerate(tqdm(specs, desc=f"synthetic set -> {root}", unit="img", disable=not progress)):
-            rng = np.random.default_rng([seed, i])
-            image, layout = render_image(spec["person"], cameras[spec["camera"]], rng, config.height, config.width,
-                                         config.occlusion, spec["crop"])
-            image.save(tmp / spec["folder"] / spec["name"], quality=int(rng.integers(75, 96)))
-            label_map = Image.fromarray(layout, mode="L").convert("P")
-            label_map.putpalette(_PALETTE)
-            label_map.save(tmp / "parts" / spec["folder"] / (Path(spec["name"]).stem + ".png"))
+            _write_image(tmp, spec, cameras[spec["camera"]], config, np.random.default_rng([seed, i]))
     except BaseException:  # interrupted or failed: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

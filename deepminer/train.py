@@ -9,35 +9,35 @@ import json
 import os
 import random
 import time
-from datetime import timedelta
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
 from tqdm.auto import tqdm
 
 from torch.utils.data import DataLoader
 
 from .data import ReIDImages, build_dataloaders, build_dataset, build_transforms
+from .distributed import (barrier, broadcast_object, convert_sync_batchnorm, gather_batch, gather_objects,
+                                   init_distributed)
 from .evaluate import evaluate
 from .losses import DeepMinerLoss
-from .model import BranchOutput, DeepMiner, check_model_options
+from .model import BranchOutput, DeepMiner, DeepMinerConfig
 from .synthetic import make_synthetic_reid
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'CPU_EPOCHS', 'PRESETS', 'TrainConfig', 'lr_at_epoch', 'pick_device', 'seed_everything',
-           'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'Callback', 'LogFile', 'format_epoch',
-           'init_distributed', 'barrier', 'broadcast_object', 'gather_objects', 'gather_batch', 'DistributedBatchNorm',
-           'convert_sync_batchnorm', 'TrainingDiverged', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint',
-           'preset', 'baseline_config', 'train_with_baseline', 'format_comparison']
+__all__ = ['RESUMABLE_CHANGES', 'CPU_EPOCHS', 'PRESETS', 'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device',
+           'seed_everything', 'rng_states', 'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'Checkpointing',
+           'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar',
+           'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingLoop', 'prepare_data', 'Trainer', 'train',
+           'load_model', 'evaluate_checkpoint', 'preset', 'baseline_config', 'train_with_baseline', 'format_comparison']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
 class TrainConfig:
-    "Every setting of a training run. The defaults are the paper's recipe (§4.1) on Market-1501 with ResNet-50."
+    """Every setting of a training run: the data, the network (`model`, a `DeepMinerConfig` or a dict of its fields)
+    and the optimisation. The defaults are the paper's recipe (§4.1) on Market-1501 with ResNet-50."""
     # data
     dataset: str = "market1501"           # a key of deepminer.data.DATASETS, or "synthetic"
     root: str = "data/market1501"
@@ -46,17 +46,8 @@ class TrainConfig:
     P: int = 16                           # identities per batch
     K: int = 4                            # images per identity
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
-    # model (see DeepMiner)
-    backbone: str = "resnet50"
-    ie_after: tuple[int, ...] = (2, 3)
-    tau: float = 0.8
-    local_branch: bool = True
-    stripes: int = 4
-    sam: bool = True
-    cham: bool = True
-    cham_gate: str = "sigmoid"
-    pretrained: bool = False
-    backbone_weights: str | None = None
+    # the network (04_model)
+    model: DeepMinerConfig = field(default_factory=DeepMinerConfig)
     # optimisation
     epochs: int = 120
     lr: float = 3.5e-4
@@ -79,38 +70,41 @@ class TrainConfig:
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
     def __post_init__(self):
-        self.ie_after, self.milestones = tuple(self.ie_after), tuple(self.milestones)
-        for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
-            value, least = getattr(self, name), 0 if name == "warmup_epochs" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        for name in ("lr", "warmup_start_lr", "center_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
-        check_model_options(self.backbone, self.ie_after, self.tau, self.stripes, self.cham_gate, self.pretrained,
-                            self.backbone_weights)
-
-    def model_kwargs(self) -> dict:
-        "The `DeepMiner` keyword arguments of this configuration (all but num_classes)."
-        return dict(backbone=self.backbone, ie_after=self.ie_after, tau=self.tau, local_branch=self.local_branch,
-                    stripes=self.stripes, sam=self.sam, cham=self.cham, cham_gate=self.cham_gate,
-                    pretrained=self.pretrained, backbone_weights=self.backbone_weights)
+        if isinstance(self.model, dict):
+            self.model = DeepMinerConfig.from_dict(self.model)
+        if not isinstance(self.model, DeepMinerConfig):
+            raise ValueError(f"model must be a DeepMinerConfig or a dict of its fields, got {self.model!r}")
+        self.milestones = tuple(self.milestones)
+        check_train_config(self)
 
     def to_dict(self) -> dict:
-        "A JSON-compatible dict (tuples become lists)."
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        "A JSON-compatible dict (tuples become lists, the model a dict of its own)."
+        return {**asdict(self), "milestones": list(self.milestones), "model": self.model.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        "The inverse of `to_dict`; unknown keys are an error that names them."
+    def from_dict(cls, d: dict) -> TrainConfig:
+        "The inverse of `to_dict`, also of an older run folder's flat model options; unknown keys are named."
+        d, model_keys = dict(d), {f.name for f in fields(DeepMinerConfig)}
+        model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_keys}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TrainConfig settings: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**d, model=model)
+
+# %% ../nbs/06_train.ipynb #d5d6c5d8
+def check_train_config(config: TrainConfig):
+    "Raise ValueError naming the first bad training setting of `config`."
+    for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
+        value, least = getattr(config, name), 0 if name == "warmup_epochs" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    for name in ("lr", "warmup_start_lr", "center_lr"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    if config.eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {config.eval_every}")
+    if config.device not in ("auto", "cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {config.device!r}")
 
 # %% ../nbs/06_train.ipynb #53a3c0d1
 def lr_at_epoch(epoch: int, config: TrainConfig) -> float:
@@ -178,12 +172,68 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
 
+# %% ../nbs/06_train.ipynb #2a60bc40
+class Checkpointing:
+    "The part of `Trainer` that saves and restores a run: its state, and where the checkpoint goes."
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        "Where the latest checkpoint goes: `output`/checkpoint.pt (None: nothing is kept on disk)."
+        return None if self.output is None else self.output / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        "Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts."
+        return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "center_optimizer": self.center_optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
+                "metrics": self.metrics, "rng": gather_objects(rng_states()),   # one entry per process
+                "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict):
+        "Continue from a `state_dict()`: weights, optimizers, schedule position, history and random generators."
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.center_optimizer.load_state_dict(state["center_optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.metrics = list(state["history"]), dict(state["metrics"])
+        ranks = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]   # a dict: an older checkpoint
+        if len(ranks) == self.world_size:
+            set_rng_states(ranks[self.rank])
+        else:  # resumed with another number of processes: generators continue from the main process's, reseeded
+            set_rng_states(ranks[0])
+            if self.rank > 0:
+                seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
+
+    def write_checkpoint(self):
+        "Save `state_dict()` to `checkpoint_path` (the main process writes; every process takes part in gathering)."
+        if self.checkpoint_path is not None:
+            state = self.state_dict()               # every process: it gathers their generators' states
+            if self.is_main:
+                save_checkpoint(self.checkpoint_path, state)
+            barrier()
+
 # %% ../nbs/06_train.ipynb #bad074d8
+class CancelBatch(Exception):
+    "Raised by a callback to skip the rest of the current batch (`on_batch_end` still runs)."
+
+
+class CancelEpoch(Exception):
+    "Raised by a callback to end the current epoch early; it is logged, evaluated and checkpointed as usual."
+
+
+class CancelFit(Exception):
+    "Raised by a callback to end training at once; `on_train_end` still runs, the last checkpoint is kept."
+
+
 class Callback:
-    "Base class of training callbacks: override the hooks you need; each receives the `Trainer`."
+    "Base class of training callbacks: override the hooks you need; each receives the `Trainer`. Lower `order` runs first."
+    order = 0
     def on_train_begin(self, trainer): pass
     def on_epoch_begin(self, trainer): pass
-    def on_batch_end(self, trainer, logs: dict): pass     # logs: 'loss', the loss terms, 'lr' of this step
+    def on_batch_begin(self, trainer): pass
+    def on_batch_end(self, trainer, logs: dict): pass     # logs: 'loss' and the loss terms (tensors), 'lr'
     def on_epoch_end(self, trainer, logs: dict): pass     # logs: the epoch's entry of trainer.history
     def on_evaluate(self, trainer, metrics: dict): pass   # metrics: mAP, rank1, … in percent
     def on_train_end(self, trainer): pass
@@ -216,125 +266,194 @@ def format_epoch(logs: dict) -> str:
     return (f"epoch {logs['epoch']:>3}  lr {logs['lr']:.2e}  loss {logs['loss']:.3f}  acc [{accuracy}]  "
             f"{logs['seconds']:.1f}s")
 
-# %% ../nbs/06_train.ipynb #2bf4f3bf
-def init_distributed(device: str = "auto") -> tuple[int, int, int]:
-    """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK): NCCL when
-    CUDA is used, gloo otherwise. Returns (rank, world_size, local_rank): (0, 1, 0) outside torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=1))  # rank 0 evaluates alone
-    return dist.get_rank(), dist.get_world_size(), local_rank
+# %% ../nbs/06_train.ipynb #85e44a00
+class ProgressBar(Callback):
+    "A tqdm bar over each epoch's batches, showing the loss every `every` steps."
+    order = -10   # wraps the batches before any other callback sees the epoch
 
+    def __init__(self, every: int = 10):
+        self.every = every
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    def on_epoch_begin(self, trainer):
+        trainer.batches = tqdm(trainer.batches, desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}",
+                               leave=False, unit="batch")
 
+    def on_batch_end(self, trainer, logs):
+        if trainer.step % self.every == 0:
+            trainer.batches.set_postfix(loss=f"{float(logs['loss']):.3f}")
 
-def barrier():
-    "Wait for every process (nothing to wait for outside distributed training)."
-    if _distributed():
-        dist.barrier()
-
-
-def broadcast_object(obj):
-    "The main process's `obj` in every process (a picklable object); `obj` itself outside distributed training."
-    if not _distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather_objects(obj) -> list:
-    "[obj of process 0, obj of process 1, …] in every process; [obj] outside distributed training."
-    if not _distributed():
-        return [obj]
-    objects = [None] * dist.get_world_size()
-    dist.all_gather_object(objects, obj)
-    return objects
-
-
-def gather_batch(outputs: dict[str, BranchOutput], pids: torch.Tensor) -> tuple[dict[str, BranchOutput], torch.Tensor]:
-    """Every process's branch outputs and labels, concatenated in rank order: the global batch. The all-gather is
-    differentiable: each process's part gets the gradients of every process's loss."""
-    from torch.distributed.nn.functional import all_gather  # differentiable; imported here for builds without it
-
-    def cat(t):
-        return torch.cat(all_gather(t.contiguous()))                          # (N·B, ...)
-    pids_all = [torch.empty_like(pids) for _ in range(dist.get_world_size())]
-    dist.all_gather(pids_all, pids)
-    return {name: BranchOutput(*(cat(t) for t in out)) for name, out in outputs.items()}, torch.cat(pids_all)
-
-# %% ../nbs/06_train.ipynb #84f3342a
-class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm with the statistics of all processes' batches together (differentiable all-reduce of the sums):
-    `nn.SyncBatchNorm` for devices it does not support, the CPU with gloo. Inputs (B, C, ...); a plain batch norm
-    outside distributed training and in eval mode."""
-
-    def _check_input_dim(self, x: torch.Tensor):
-        if x.dim() < 2:
-            raise ValueError(f"expected input of shape (B, C, ...), got {tuple(x.shape)}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _distributed()):
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable
-        C, dims = x.shape[1], [0, *range(2, x.dim())]
-        x32 = x.float()
-        count = torch.full((1,), x.numel() / C, device=x.device)
-        sums = all_reduce(torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count]))  # (2C + 1,) over all processes
-        n = sums[-1]
-        mean = sums[:C] / n                                                      # (C,)
-        var = (sums[C:2 * C] / n - mean * mean).clamp_min(0)                     # (C,) biased, used to normalize
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
-                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)  # unbiased, as torch's
-        shape = (1, C) + (1,) * (x.dim() - 2)
-        y = (x32 - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
-
-
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """`model` with every batch norm synchronized across processes: `nn.SyncBatchNorm` if `model` is on CUDA,
-    `DistributedBatchNorm` otherwise (sharing the parameters and buffers, so a frozen bias stays frozen)."""
-    if any(p.is_cuda for p in model.parameters()):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, DistributedBatchNorm):
-                sync = DistributedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats)
-                for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                    setattr(sync, key, getattr(child, key))
-                setattr(module, name, sync)
-    return model
+    def on_epoch_end(self, trainer, logs):
+        trainer.batches.close()
 
 # %% ../nbs/06_train.ipynb #3aa46595
+class TrainingSteps:
+    """One training batch in overridable steps: `forward_loss` → `zero_grad` → `backward` → `optimizer_step`.
+    `Trainer` holds what they use (`model`, `criterion`, the optimizers, `scaler`, `device`, …)."""
+
+    def forward_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of eq. (2) summed over branches and its terms, for images (B, 3, H, W) with labels (B,), in the
+        configured precision. Keeps the branch outputs and labels of the (global) batch in `outputs` and `pids`."""
+        images, pids = images.to(self.device, non_blocking=True), pids.to(self.device, non_blocking=True)
+        if self.amp:
+            images = images.to(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            outputs = self.forward_model(images)
+        outputs = {name: BranchOutput(*(t.float() for t in out)) for name, out in outputs.items()}  # losses in float32
+        if self.world_size > 1:  # the loss of the global batch, the same in every process
+            outputs, pids = gather_batch(outputs, pids)
+        self.outputs, self.pids = outputs, pids
+        return self.criterion(outputs, pids)
+
+    def zero_grad(self):
+        "Clear the gradients of the network and of the centers."
+        self.optimizer.zero_grad(set_to_none=True)
+        self.center_optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor):
+        "Back-propagate `loss` (scaled when mixed precision is on)."
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self):
+        "An Adam step for the network, an SGD step for the centers with their gradient divided by λ (Bag of Tricks)."
+        self.scaler.step(self.optimizer)
+        if self.config.center_weight > 0:  # the centers learn from L_center itself, not λ·L_center
+            self.scaler.unscale_(self.center_optimizer)
+            for p in self.criterion.parameters():
+                p.grad /= self.config.center_weight
+            self.scaler.step(self.center_optimizer)
+        self.scaler.update()
+
+    def one_batch(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        "Train on one batch; returns the total loss and its terms, detached, on the device."
+        loss, terms = self.forward_loss(images, pids)
+        self.zero_grad()
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+# %% ../nbs/06_train.ipynb #20aada30
 class TrainingDiverged(RuntimeError):
     "Raised when the loss becomes NaN or infinite; the run folder keeps the last good checkpoint."
 
 
-class Trainer:
+class EpochTotals:
+    "A training epoch's loss sums and correct ID predictions, kept as tensors until `means()` reads them back."
+
+    def __init__(self):
+        self.sums, self.correct, self.losses, self.seen = {}, {}, [], 0
+
+    def add(self, logs: dict[str, torch.Tensor], outputs: dict[str, BranchOutput], pids: torch.Tensor):
+        "Add one batch: its loss terms `logs`, branch `outputs` and labels `pids` (B,)."
+        n = len(pids)
+        self.seen += n
+        self.losses.append(logs["loss"])
+        for key, value in logs.items():
+            self.sums[key] = self.sums.get(key, 0) + value * n
+        for name, output in outputs.items():
+            self.correct[name] = self.correct.get(name, 0) + (output.logits.argmax(1) == pids).sum()
+
+    def first_non_finite(self) -> tuple[int, float] | None:
+        "(index, value) of the first batch whose loss was NaN or infinite, or None."
+        if not self.losses:
+            return None
+        losses = torch.stack(self.losses)
+        bad = (~torch.isfinite(losses)).nonzero().flatten()
+        return (int(bad[0]), float(losses[bad[0]])) if len(bad) else None
+
+    def means(self) -> dict[str, float]:
+        "Mean of every loss term over the epoch's images, and each branch's ID accuracy as '<branch>/acc'."
+        seen = max(self.seen, 1)
+        return {**{k: float(v) / seen for k, v in self.sums.items()},
+                **{f"{name}/acc": float(c) / seen for name, c in self.correct.items()}}
+
+# %% ../nbs/06_train.ipynb #51c7705c
+class TrainingLoop:
+    "The epochs of `Trainer`: `train_epoch` and `fit`, with the callbacks' hooks around each stage."
+
+    def train_epoch(self) -> dict:
+        "Train one epoch and return its log entry (also appended to `history`)."
+        lr = lr_at_epoch(self.epoch, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.loaders.train.sampler.set_epoch(self.epoch)
+        self.model.train()
+        self.batches, totals, start = self.loaders.train, EpochTotals(), time.perf_counter()
+        try:
+            self._call("on_epoch_begin")
+            for images, pids, _ in self.batches:
+                try:
+                    self._call("on_batch_begin")
+                    logs = self.one_batch(images, pids)
+                    self.step += 1
+                    totals.add(logs, self.outputs, self.pids)
+                    self._call("on_batch_end", {**logs, "lr": lr})
+                except CancelBatch:
+                    pass
+        except CancelEpoch:
+            pass
+        self._check_finite(totals)
+        logs = {"epoch": self.epoch + 1, "lr": lr, **totals.means(), "seconds": time.perf_counter() - start}
+        self.epoch += 1
+        self.history.append(logs)
+        self._call("on_epoch_end", logs)
+        return logs
+
+    def _check_finite(self, totals: EpochTotals):
+        "Raise `TrainingDiverged` if a loss of this epoch was not finite; the checkpoint on disk is left as it was."
+        bad = totals.first_non_finite()
+        if bad is not None:
+            kept = f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept" \
+                if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {self.epoch + 1}, step "
+                                   f"{self.step - len(totals.losses) + bad[0] + 1}; {kept}. "
+                                   f"Lower the learning rate (lr={self.config.lr}) or check the data.")
+
+    def fit(self) -> dict:
+        "Train until `config.epochs` (or until a callback stops it), evaluating and checkpointing; the final metrics."
+        config = self.config
+        try:
+            self._call("on_train_begin")
+            while self.epoch < config.epochs and not self.stop_training:
+                self.train_epoch()
+                if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
+                    self.evaluate()
+                self.write_checkpoint()
+            if not self.metrics:  # a finished run resumed: nothing left to train
+                self.evaluate()
+        except CancelFit:
+            pass
+        finally:
+            self._call("on_train_end")
+        return self.metrics
+
+# %% ../nbs/06_train.ipynb #e968ceef
+def prepare_data(config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
+                 progress: bool = True):
+    "The dataset of `config` and its loaders for process `rank` of `world_size` (the synthetic set is made if missing)."
+    root = Path(config.root)
+    if config.dataset == "synthetic" and not root.exists() and rank == 0:
+        make_synthetic_reid(root, seed=0, progress=progress)
+    barrier()                                   # the others wait for the main process's data
+    dataset = build_dataset(config.dataset, root)
+    workers = config.num_workers if config.num_workers is not None else (4 if device.type == "cuda" else 0)
+    augment = dict(flip_p=0.5, pad=10, erasing_p=0.5) if config.augment else dict(flip_p=0, pad=0, erasing_p=0)
+    loaders = build_dataloaders(dataset, config.height, config.width, config.P, config.K, num_workers=workers,
+                                seed=config.seed, num_replicas=world_size, rank=rank, **augment)
+    return dataset, loaders
+
+# %% ../nbs/06_train.ipynb #a24e1a9d
+class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
     """Trains a `DeepMiner` as `config` says. `output`: the run folder for checkpoints (None: keep nothing on disk).
-    `callbacks`: `Callback`s called during `fit`. Attributes a callback may read: `config`, `model`, `criterion`,
-    `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed), `step` (batches so far), `history`.
-    A callback may set `stop_training = True`: `fit` then ends after the current epoch's evaluation and checkpoint."""
+    `callbacks`: `Callback`s called during `fit` (a `ProgressBar` is added when `progress`). Attributes a callback may
+    read: `config`, `model`, `criterion`, `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed),
+    `step` (batches so far), `history`, `batches` (this epoch's). A callback may set `stop_training = True`: `fit`
+    then ends after the current epoch's evaluation and checkpoint."""
 
     def __init__(self, config: TrainConfig, output: str | Path | None = None, callbacks=(), progress: bool = True):
         self.rank, self.world_size, local_rank = init_distributed(config.device)
         self.is_main = self.rank == 0   # only the main process writes files, prints and evaluates
-        self.config, self.callbacks, self.progress = config, list(callbacks), progress and self.is_main
+        self.config, self.progress = config, progress and self.is_main
+        self.callbacks = sorted([*callbacks, *([ProgressBar()] if self.progress else [])], key=lambda c: c.order)
         self.output = Path(output) if output is not None else None
         self.device = pick_device(config.device)
         if self.world_size > 1 and self.device.type not in ("cpu", "cuda"):
@@ -345,18 +464,9 @@ class Trainer:
         self.autocast_dtype = torch.float16 if self.amp else \
             torch.bfloat16 if config.cpu_bf16 and self.device.type == "cpu" else None  # None: float32
         seed_everything(config.seed)
-        root = Path(config.root)
-        if config.dataset == "synthetic" and not root.exists() and self.is_main:
-            make_synthetic_reid(root, seed=0, progress=self.progress)
-        barrier()                                   # the others wait for the main process's data
-        self.dataset = build_dataset(config.dataset, root)
-        workers = config.num_workers if config.num_workers is not None else (4 if self.device.type == "cuda" else 0)
-        augment = dict(flip_p=0.5, pad=10, erasing_p=0.5) if config.augment else dict(flip_p=0, pad=0, erasing_p=0)
-        self.loaders = build_dataloaders(self.dataset, config.height, config.width, config.P, config.K,
-                                         num_workers=workers, seed=config.seed, num_replicas=self.world_size,
-                                         rank=self.rank, **augment)
+        self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)
         self.num_classes = self.dataset.num_train_ids
-        self.model = DeepMiner(self.num_classes, **config.model_kwargs()).to(self.device)
+        self.model = DeepMiner(self.num_classes, config.model).to(self.device)
         if config.sync_bn and self.world_size > 1:
             self.model = convert_sync_batchnorm(self.model)
         if self.amp:
@@ -371,96 +481,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(trainable, lr=lr_at_epoch(0, config), weight_decay=config.weight_decay)
         self.center_optimizer = torch.optim.SGD(self.criterion.parameters(), lr=config.center_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        self.epoch, self.step, self.history, self.metrics = 0, 0, [], {}
-        self.stop_training = False
-
-    def _call(self, hook: str, *args):
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        "Where the latest checkpoint goes: `output`/checkpoint.pt."
-        return None if self.output is None else self.output / "checkpoint.pt"
-
-    def state_dict(self) -> dict:
-        "Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts."
-        return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "center_optimizer": self.center_optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
-                "metrics": self.metrics, "rng": gather_objects(rng_states()),   # one entry per process
-                "config": self.config.to_dict()}
-
-    def load_state_dict(self, state: dict):
-        "Continue from a `state_dict()`: weights, optimizers, schedule position, history and random generators."
-        self.model.load_state_dict(state["model"])
-        self.criterion.load_state_dict(state["criterion"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.center_optimizer.load_state_dict(state["center_optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.metrics = list(state["history"]), dict(state["metrics"])
-        ranks = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]   # a dict: an older checkpoint
-        if len(ranks) == self.world_size:
-            set_rng_states(ranks[self.rank])
-        else:  # resumed with another number of processes: generators continue from the main process's, reseeded
-            set_rng_states(ranks[0])
-            if self.rank > 0:
-                seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
-
-    def train_epoch(self) -> dict:
-        "Train one epoch and return its log entry (also appended to `history`)."
-        config, model = self.config, self.model
-        lr = lr_at_epoch(self.epoch, config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.loaders.train.sampler.set_epoch(self.epoch)
-        model.train()
-        self._call("on_epoch_begin")
-        sums, correct, seen, start = {}, {}, 0, time.perf_counter()
-        batches = tqdm(self.loaders.train, desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
-                       disable=not self.progress, unit="batch")
-        for images, pids, _ in batches:
-            images, pids = images.to(self.device, non_blocking=True), pids.to(self.device, non_blocking=True)
-            if self.amp:
-                images = images.to(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                outputs = self.forward_model(images)
-            outputs = {name: BranchOutput(*(t.float() for t in out)) for name, out in outputs.items()}  # losses in float32
-            if self.world_size > 1:  # the loss of the global batch, the same in every process
-                outputs, pids = gather_batch(outputs, pids)
-            loss, terms = self.criterion(outputs, pids)
-            if not torch.isfinite(loss):
-                kept = f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept" \
-                    if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
-                    f"(terms: {', '.join(f'{k} {v.item():.3g}' for k, v in terms.items())}); {kept}. "
-                    f"Lower the learning rate (lr={config.lr}) or check the data.")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.center_optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            if config.center_weight > 0:  # Bag of Tricks: the centers learn from L_center itself, not λ·L_center
-                self.scaler.unscale_(self.center_optimizer)
-                for p in self.criterion.parameters():
-                    p.grad /= config.center_weight
-                self.scaler.step(self.center_optimizer)
-            self.scaler.update()
-            self.step += 1
-            n = len(pids)
-            seen += n
-            for key, value in [("loss", loss.detach()), *terms.items()]:
-                sums[key] = sums.get(key, 0.0) + value.item() * n
-            for name, output in outputs.items():
-                correct[name] = correct.get(name, 0) + (output.logits.argmax(1) == pids).sum().item()
-            batches.set_postfix(loss=f"{loss.item():.3f}")
-            self._call("on_batch_end", {"loss": loss.item(), "lr": lr, **{k: v.item() for k, v in terms.items()}})
-        logs = {"epoch": self.epoch + 1, "lr": lr, **{k: v / seen for k, v in sums.items()},
-                **{f"{name}/acc": c / seen for name, c in correct.items()}, "seconds": time.perf_counter() - start}
-        self.epoch += 1
-        self.history.append(logs)
-        return logs
+        self.epoch, self.step, self.history, self.metrics, self.stop_training = 0, 0, [], {}, False
 
     def evaluate(self) -> dict:
         "Evaluate the model on the query and gallery sets (metrics in percent); recorded in the current epoch's log."
@@ -473,24 +494,9 @@ class Trainer:
         self._call("on_evaluate", self.metrics)
         return self.metrics
 
-    def fit(self) -> dict:
-        """Train until `config.epochs` (or until a callback sets `stop_training`), evaluating and checkpointing as
-        configured; returns the final metrics."""
-        config = self.config
-        self._call("on_train_begin")
-        while self.epoch < config.epochs and not self.stop_training:
-            self._call("on_epoch_end", self.train_epoch())
-            if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
-                self.evaluate()
-            if self.checkpoint_path is not None:
-                state = self.state_dict()               # every process: it gathers their generators' states
-                if self.is_main:
-                    save_checkpoint(self.checkpoint_path, state)
-                barrier()
-        if not self.metrics:  # a finished run resumed: nothing left to train
-            self.evaluate()
-        self._call("on_train_end")
-        return self.metrics
+    def _call(self, hook: str, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
 # %% ../nbs/06_train.ipynb #5ce08105
 RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "eval_every")  # settings a resumed run may change
@@ -517,7 +523,7 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
     if trainer.is_main:  # under torchrun only the main process writes
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        trainer.callbacks.insert(0, LogFile(output / "log"))
+        trainer.callbacks = sorted([LogFile(output / "log"), *trainer.callbacks], key=lambda c: c.order)
     if state is not None:
         trainer.load_state_dict(state)
     start = time.perf_counter()
@@ -538,7 +544,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
         raise ValueError(f"{checkpoint} is not a deepminer training checkpoint (it lacks 'model' or 'config')")
     config = TrainConfig.from_dict(state["config"])
     num_classes = state["model"]["heads.global.classifier.weight"].shape[0]
-    model = DeepMiner(num_classes, **{**config.model_kwargs(), "pretrained": False, "backbone_weights": None})
+    model = DeepMiner(num_classes, config.model, pretrained=False, backbone_weights=None)  # the weights come next
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
 
@@ -562,7 +568,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
 CPU_EPOCHS = 20
 PRESETS = {
     "paper": {},
-    "cpu": dict(dataset="synthetic", root="data/synthetic", backbone="resnet18", height=64, width=32, P=16, K=4,
+    "cpu": dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=16, K=4,
                 epochs=CPU_EPOCHS, lr=1e-3, warmup_epochs=2, warmup_start_lr=1e-4, milestones=(CPU_EPOCHS - 3,),
                 eval_every=0),
 }  # name -> TrainConfig settings that differ from the defaults (the paper's recipe)
@@ -577,7 +583,7 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 def baseline_config(config: TrainConfig) -> TrainConfig:
     "`config` with the model replaced by the global-only baseline (no IE branch, no local branch, no attention)."
-    return TrainConfig(**{**config.to_dict(), "ie_after": (), "local_branch": False, "sam": False, "cham": False})
+    return replace(config, model=config.model.baseline())
 
 
 def train_with_baseline(config: TrainConfig, output: str | Path, resume: bool = False, callbacks=(),

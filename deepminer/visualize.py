@@ -18,21 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .model import DeepMiner, Inspection
+from .model import DeepMiner, Inspection, model_device
 from .synthetic import PARTS
 
 # %% auto #0
-__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'model_device', 'inspect_eval', 'activation_energy', 'minmax_per_image',
-           'activation_map', 'part_layout_path', 'read_part_layouts', 'part_shares', 'to_pictures', 'heat_overlay',
-           'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2',
-           'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam']
+__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'inspect_eval', 'activation_energy', 'minmax_per_image', 'activation_map',
+           'part_layout_path', 'read_part_layouts', 'part_shares', 'to_pictures', 'heat_overlay', 'picture_grid',
+           'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2', 'branch_layer',
+           'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
-def model_device(model: nn.Module) -> torch.device:
-    "The device of `model`'s parameters."
-    return next(model.parameters()).device
-
-
 def inspect_eval(model: DeepMiner, images: torch.Tensor) -> Inspection:
     """`model.inspect(images)` in eval mode and without gradient, `images` (B, 3, H, W) moved to the model's device;
     the model's training mode is restored afterwards."""
@@ -154,13 +149,14 @@ def picture_grid(columns: dict[str, np.ndarray], fig: Figure | None = None, cell
     return fig
 
 
-def picture_bytes(picture: np.ndarray | Figure, format: str = "png", dpi: int = 80, quality: int = 85) -> bytes:
+def picture_bytes(picture: np.ndarray | Figure, format: str = "png", dpi: int = 72, quality: int = 70) -> bytes:
     """Encode a uint8 picture (H, W) or (H, W, 3), or a matplotlib Figure at `dpi`, as `format` 'png' (fast
-    compression) or 'jpeg' (`quality`): the bytes of an image file, e.g. for an `ipywidgets.Image`."""
+    compression) or 'jpeg' (`quality`, optimized coding): the bytes of an image file, e.g. for an `ipywidgets.Image`.
+    At 72 dpi a picture an inch wide gets 72 pixels: about one per pixel of a 128×64 image."""
     if format not in ("png", "jpeg"):
         raise ValueError(f"format must be 'png' or 'jpeg', got {format!r}")
     buffer = io.BytesIO()
-    options = {"compress_level": 1} if format == "png" else {"quality": quality}
+    options = {"compress_level": 1} if format == "png" else {"quality": quality, "optimize": True}
     if isinstance(picture, Figure):
         picture.savefig(buffer, format=format, dpi=dpi, pil_kwargs=options)
     else:

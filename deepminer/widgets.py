@@ -35,23 +35,78 @@ def in_jupyter() -> bool:
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
-# %% ../nbs/09_widgets.ipynb #79a22aa7
-class LiveDashboard(Callback):
+# %% ../nbs/09_widgets.ipynb #2e672dd4
+def _branch_losses(logs: dict, center_weight: float) -> dict[str, float]:
+    "L_ID + L_triplet + λ·L_center of each branch in one step's `logs` ('<branch>/id', …), in the order of the logs."
+    branches = dict.fromkeys(k.split("/")[0] for k in logs if k.endswith("/id"))
+    return {b: logs[f"{b}/id"] + logs[f"{b}/triplet"] + center_weight * logs[f"{b}/center"] for b in branches}
+
+# %% ../nbs/09_widgets.ipynb #7e43cc80
+def _loss_curves(steps: list[int], losses: dict[str, list[float]], lrs: list[float]) -> Figure:
+    "The loss of each branch and the total (left) and the learning rate (right) against the step."
+    fig = Figure(figsize=(8, 2.6), layout="constrained")
+    loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    for name, values in losses.items():
+        loss_ax.plot(steps, values, lw=2.2 if name == "total" else 1.2, label=name, color="black" if name == "total" else None)
+    loss_ax.set(xlabel="step", ylabel="loss", yscale="log", title="loss per branch")
+    loss_ax.legend(fontsize=8, ncol=2)
+    lr_ax.plot(steps, lrs)
+    lr_ax.set(xlabel="step", title="learning rate")
+    lr_ax.ticklabel_format(axis="y", scilimits=(-2, 2))
+    for ax in (loss_ax, lr_ax):
+        ax.grid(alpha=0.3)
+    return fig
+
+# %% ../nbs/09_widgets.ipynb #2d77c744
+def _status_line(trainer, lrs: list[float], losses: dict[str, list[float]]) -> str:
+    "Step, epoch, learning rate, total loss and the loss of each branch, as they are now."
+    epoch = f"epoch {min(trainer.epoch + 1, trainer.config.epochs)}/{trainer.config.epochs}"
+    return (f"step {trainer.step} ({epoch}) lr {lrs[-1]:.2e} loss {losses['total'][-1]:.3f} | "
+            + " ".join(f"{k} {v[-1]:.3f}" for k, v in losses.items() if k != "total"))
+
+# %% ../nbs/09_widgets.ipynb #45774df8
+class _LossRecord(Callback):
+    """Records the step, the learning rate, the total loss and each branch's loss at every batch end, and calls
+    `update(trainer)` every `every` steps and at the end of training; `update` counts itself in `updates` and
+    `last_update`."""
+
+    def __init__(self, every: int):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer (steps between updates), got {every!r}")
+        self.every = every
+        self.steps, self.lrs, self.losses = [], [], {}   # losses: 'total' and each branch -> one value per step
+        self.updates, self.last_update = 0, None
+
+    def on_batch_end(self, trainer, logs: dict):
+        "Record this step's losses (read back from the device here) and learning rate; update every `every` steps."
+        logs = {k: float(v) for k, v in logs.items()}
+        self.steps.append(trainer.step)
+        self.lrs.append(logs["lr"])
+        self.losses.setdefault("total", []).append(logs["loss"])
+        for branch, loss in _branch_losses(logs, trainer.config.center_weight).items():
+            self.losses.setdefault(branch, []).append(loss)
+        if trainer.step % self.every == 0:
+            self.update(trainer)
+
+    def on_train_end(self, trainer):
+        "A last update, unless the last step was just shown."
+        if self.steps and self.last_update != trainer.step:
+            self.update(trainer)
+
+# %% ../nbs/09_widgets.ipynb #5ffbc92e
+class LiveDashboard(_LossRecord):
     """A training callback that shows, every `every` steps and at the end of training, the loss of each branch, the
     learning rate, and Figure 2 with the erase masks for `probe` images (B, 3, H, W) (normalized like the training
     images). As ipywidgets (`widget`) when `widgets` is True (default: when running in Jupyter), updated in place from
     the training thread; otherwise as one line per update passed to `log`."""
 
     def __init__(self, probe: torch.Tensor, every: int = 20, widgets: bool | None = None, log: Callable[[str], None] = print):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (steps between updates), got {every!r}")
+        super().__init__(every)
         if not isinstance(probe, torch.Tensor) or probe.dim() != 4 or probe.shape[1] != 3:
             raise ValueError(f"probe must be a (B, 3, H, W) tensor of images, got "
                              f"{tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__}")
-        self.probe, self.every, self.log = probe.detach().cpu(), every, log
+        self.probe, self.log = probe.detach().cpu(), log
         self.use_widgets = in_jupyter() if widgets is None else bool(widgets)
-        self.steps, self.lrs, self.losses = [], [], {}   # losses: 'total' and each branch -> one value per step
-        self.updates, self.last_update = 0, None
         if self.use_widgets:
             self.status = ipywidgets.HTML("waiting for the first step")
             self.curves = ipywidgets.Image(format="png")
@@ -61,43 +116,13 @@ class LiveDashboard(Callback):
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs) if self.use_widgets else {"text/plain": repr(self)}
 
-    def on_batch_end(self, trainer, logs: dict):
-        "Record this step's losses and learning rate; update the display every `every` steps."
-        self.steps.append(trainer.step)
-        self.lrs.append(logs["lr"])
-        self.losses.setdefault("total", []).append(logs["loss"])
-        for branch in dict.fromkeys(k.split("/")[0] for k in logs if k.endswith("/id")):
-            self.losses.setdefault(branch, []).append(logs[f"{branch}/id"] + logs[f"{branch}/triplet"]
-                                                      + trainer.config.center_weight * logs[f"{branch}/center"])
-        if trainer.step % self.every == 0:
-            self.update(trainer)
-
-    def on_train_end(self, trainer):
-        "A last update, unless the last step was just shown."
-        if self.steps and self.last_update != trainer.step:
-            self.update(trainer)
-
     def curve_figure(self) -> Figure:
         "The loss of each branch and the total (left) and the learning rate (right) against the step."
-        fig = Figure(figsize=(8, 2.6), layout="constrained")
-        loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
-        for name, values in self.losses.items():
-            loss_ax.plot(self.steps, values, lw=2.2 if name == "total" else 1.2, label=name,
-                         color="black" if name == "total" else None)
-        loss_ax.set(xlabel="step", ylabel="loss", yscale="log", title="loss per branch")
-        loss_ax.legend(fontsize=7, ncol=2)
-        lr_ax.plot(self.steps, self.lrs)
-        lr_ax.set(xlabel="step", title="learning rate")
-        lr_ax.ticklabel_format(axis="y", scilimits=(-2, 2))
-        for ax in (loss_ax, lr_ax):
-            ax.grid(alpha=0.3)
-        return fig
+        return _loss_curves(self.steps, self.losses, self.lrs)
 
     def update(self, trainer):
         "Redraw the curves and the probe's Figure 2 (widgets), or log one line."
-        epoch = f"epoch {min(trainer.epoch + 1, trainer.config.epochs)}/{trainer.config.epochs}"
-        line = (f"step {trainer.step} ({epoch}) lr {self.lrs[-1]:.2e} loss {self.losses['total'][-1]:.3f} | "
-                + " ".join(f"{k} {v[-1]:.3f}" for k, v in self.losses.items() if k != "total"))
+        line = _status_line(trainer, self.lrs, self.losses)
         if self.use_widgets:
             self.curves.value = picture_bytes(self.curve_figure())
             self.maps.value = picture_bytes(figure2(trainer.model, self.probe, masks=True), "jpeg")
@@ -106,47 +131,39 @@ class LiveDashboard(Callback):
             self.log(line)
         self.updates, self.last_update = self.updates + 1, trainer.step
 
-# %% ../nbs/09_widgets.ipynb #f8c9c988
+# %% ../nbs/09_widgets.ipynb #e4f90149
 class TrainingStopped(Exception):
     "Raised at a batch end by `BackgroundTraining` when its run was asked to stop."
 
 
-class BackgroundTraining(Callback):
-    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
-    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
-    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
+def _run_state(started: bool, done: bool, stopping: bool, going: bool, held: bool, failed: bool) -> str:
+    "The state of a background run from its flags: see `BackgroundTraining.state`."
+    if not started:
+        return "not started"
+    if not done:
+        if stopping:
+            return "stopping"
+        return "running" if going else ("paused" if held else "pausing")
+    return "failed" if failed else ("stopped" if stopping else "finished")
+
+# %% ../nbs/09_widgets.ipynb #cd0a2dc0
+class _TrainingThread(Callback):
+    """A training function run in a daemon thread (`start`), its result or error handed to `join`, and the flags that
+    pause and stop it. `_show_state` runs at each change of state: a no-op here, a widget in `BackgroundTraining`."""
 
     def __init__(self):
         self.thread, self.result, self.error = None, None, None
         self._go, self._stop, self._held, self._done = (threading.Event() for _ in range(4))
         self._go.set()
-        self.pause_button = ipywidgets.Button(description="pause", icon="pause")
-        self.stop_button = ipywidgets.Button(description="stop", icon="stop", button_style="danger")
-        self.state_label = ipywidgets.HTML()
-        self.pause_button.on_click(lambda _: self.resume() if self.state in ("pausing", "paused") else self.pause())
-        self.stop_button.on_click(lambda _: self.stop())
-        self.widget = ipywidgets.HBox([self.pause_button, self.stop_button, self.state_label])
-        self._show_state()
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
     @property
     def state(self) -> str:
         "'not started', 'running', 'pausing' (until the next batch end), 'paused', 'stopping', 'stopped', 'finished' or 'failed'."
-        if self.thread is None:
-            return "not started"
-        if not self._done.is_set():
-            if self._stop.is_set():
-                return "stopping"
-            return "running" if self._go.is_set() else ("paused" if self._held.is_set() else "pausing")
-        return "failed" if self.error is not None else ("stopped" if self._stop.is_set() else "finished")
+        return _run_state(started=self.thread is not None, done=self._done.is_set(), stopping=self._stop.is_set(),
+                          going=self._go.is_set(), held=self._held.is_set(), failed=self.error is not None)
 
     def _show_state(self):
-        state = self.state
-        self.state_label.value = f"training: <b>{state}</b>"
-        self.pause_button.description = "resume" if state in ("pausing", "paused") else "pause"
-        self.pause_button.disabled = self.stop_button.disabled = state not in ("running", "pausing", "paused")
+        "Show the state of the run (nothing to show here)."
 
     def start(self, fit: Callable[[], object]) -> "BackgroundTraining":
         "Call `fit()` (e.g. `trainer.fit`, or a `train(...)` call with this object among its callbacks) in a thread."
@@ -158,6 +175,7 @@ class BackgroundTraining(Callback):
         return self
 
     def _run(self, fit: Callable[[], object]):
+        "The thread: call `fit`, keep its result or its error (a stop is no error), mark the run done."
         try:
             self.result = fit()
         except TrainingStopped:
@@ -167,6 +185,49 @@ class BackgroundTraining(Callback):
         finally:
             self._done.set()
             self._show_state()
+
+    def join(self, timeout: float | None = None):
+        """Wait for the run to end (at most `timeout` seconds) and return what `fit` returned (None if stopped). An
+        error of the run is raised here; a run still going after `timeout` raises `TimeoutError`."""
+        if self.thread is None:
+            raise RuntimeError("the run was not started: call start(fit) first")
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the training thread is still {self.state} after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+# %% ../nbs/09_widgets.ipynb #18e265e8
+def _run_controls(run: "BackgroundTraining") -> tuple[ipywidgets.Button, ipywidgets.Button, ipywidgets.HTML, ipywidgets.HBox]:
+    "The pause/resume and stop buttons of `run`, a label for its state, and the row that holds them."
+    pause_button = ipywidgets.Button(description="pause", icon="pause")
+    stop_button = ipywidgets.Button(description="stop", icon="stop", button_style="danger")
+    state_label = ipywidgets.HTML()
+    pause_button.on_click(lambda _: run.resume() if run.state in ("pausing", "paused") else run.pause())
+    stop_button.on_click(lambda _: run.stop())
+    return pause_button, stop_button, state_label, ipywidgets.HBox([pause_button, stop_button, state_label])
+
+# %% ../nbs/09_widgets.ipynb #78fd6f1a
+class BackgroundTraining(_TrainingThread):
+    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
+    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
+    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
+
+    def __init__(self):
+        super().__init__()
+        self.pause_button, self.stop_button, self.state_label, self.widget = _run_controls(self)
+        self._show_state()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _show_state(self):
+        "Show the state on the label and the buttons."
+        state = self.state
+        self.state_label.value = f"training: <b>{state}</b>"
+        self.pause_button.description = "resume" if state in ("pausing", "paused") else "pause"
+        self.pause_button.disabled = self.stop_button.disabled = state not in ("running", "pausing", "paused")
 
     def pause(self):
         "Pause the run at its next batch end."
@@ -184,18 +245,6 @@ class BackgroundTraining(Callback):
         self._go.set()
         self._show_state()
 
-    def join(self, timeout: float | None = None):
-        """Wait for the run to end (at most `timeout` seconds) and return what `fit` returned (None if stopped). An
-        error of the run is raised here; a run still going after `timeout` raises `TimeoutError`."""
-        if self.thread is None:
-            raise RuntimeError("the run was not started: call start(fit) first")
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            raise TimeoutError(f"the training thread is still {self.state} after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
     def on_batch_end(self, trainer, logs: dict):
         "Wait while paused; end the run if asked to stop."
         if not self._go.is_set():
@@ -207,7 +256,7 @@ class BackgroundTraining(Callback):
         if self._stop.is_set():
             raise TrainingStopped(f"stopped at step {trainer.step} (epoch {trainer.epoch + 1})")
 
-# %% ../nbs/09_widgets.ipynb #d7fb0189
+# %% ../nbs/09_widgets.ipynb #b4c4afa0
 BLOCKS = {1: "after B1", 2: "after B2", 3: "after B3"}  # block position -> label of the block selector
 
 
@@ -215,74 +264,80 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     "(B, 1, h, w) maps to (B, H, W) float32 numpy with nearest neighbours: each feature position as a block of pixels."
     return F.interpolate(maps.float(), size=tuple(size), mode="nearest")[:, 0].numpy()
 
+# %% ../nbs/09_widgets.ipynb #a908d655
+def _start_values(model: DeepMiner, tau: float | None, block: int | None) -> tuple[float, int]:
+    "`tau` and `block`, checked; by default those of the model's first IE branch (τ = 0.8 after B2 without one)."
+    first = model.ie_branches[0] if len(model.ie_branches) else None
+    tau = check_tau(tau if tau is not None else (first.ero.tau if first is not None else 0.8))
+    block = block if block is not None else (first.position if first is not None else 2)
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {list(BLOCKS)} (the erasing follows B1, B2 or B3), got {block!r}")
+    return tau, block
 
-class TauExplorer:
-    """An ipywidgets view (`widget`) of ErO on `images` (B, 3, H, W): a τ slider in [0, 1] (step 0.05) and a block
-    selector (after B1/B2/B3); per image the picture, Ỹⁿ of the block, the erase mask M (eq. 1), the picture with the
-    erased positions darkened and the fraction erased. `model` runs once (on a copy, in eval mode) and again on
-    `refresh`; moving the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE branch);
-    `display_width`: pixels per picture on screen."""
+# %% ../nbs/09_widgets.ipynb #915929b2
+def _explorer_controls(tau: float, block: int) -> tuple:
+    "The τ slider at `tau`, the block selector at `block`, the apply and refresh buttons, and the status line."
+    slider = ipywidgets.FloatSlider(value=tau, min=0.0, max=1.0, step=0.05, description="τ", readout_format=".2f",
+                                    continuous_update=True)
+    slider.add_class("deepminer-tau")
+    block_selector = ipywidgets.ToggleButtons(options=[(label, i) for i, label in BLOCKS.items()], value=block,
+                                              description="erase", style=dict(button_width="80px"))
+    apply_button = ipywidgets.Button(description="apply τ to the model", layout=dict(width="auto"))
+    refresh_button = ipywidgets.Button(description="refresh from the model", layout=dict(width="auto"))
+    return slider, block_selector, apply_button, refresh_button, ipywidgets.HTML()
 
-    def __init__(self, model: DeepMiner, images: torch.Tensor, tau: float | None = None, block: int | None = None,
-                 display_width: int = 64):
-        first = model.ie_branches[0] if len(model.ie_branches) else None
-        tau = check_tau(tau if tau is not None else (first.ero.tau if first is not None else 0.8))
-        block = block if block is not None else (first.position if first is not None else 2)
-        if block not in BLOCKS:
-            raise ValueError(f"block must be one of {list(BLOCKS)} (the erasing follows B1, B2 or B3), got {block!r}")
+# %% ../nbs/09_widgets.ipynb #44b11fc8
+def _picture_columns(pictures: np.ndarray, display_width: int) -> tuple:
+    """For `pictures` (B, H, W, 3) uint8 shown `display_width` pixels wide: B image, Ỹⁿ, mask and erased views
+    (`ipywidgets.Image`), B fraction labels, and the grid that lays them out."""
+    n, height, width = pictures.shape[:3]
+    css = dict(width=f"{display_width}px", height=f"{round(display_width * height / width)}px")
+    image_views = [ipywidgets.Image(value=picture_bytes(p), format="png", layout=dict(**css)) for p in pictures]
+    activation_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
+    mask_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
+    erased_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
+    fraction_labels = [ipywidgets.Label() for _ in range(n)]
+    for view in mask_views:
+        view.add_class("deepminer-mask")
+    row_names = ipywidgets.VBox([ipywidgets.Label(t, layout=dict(height=css["height"])) for t in ("image", "Ỹⁿ", "M", "erased")])
+    columns = [ipywidgets.VBox([image_views[i], activation_views[i], mask_views[i], erased_views[i], fraction_labels[i]])
+               for i in range(n)]
+    return image_views, activation_views, mask_views, erased_views, fraction_labels, ipywidgets.HBox([row_names, *columns])
+
+# %% ../nbs/09_widgets.ipynb #389715f3
+def _sweep_figure(pictures: np.ndarray, y: torch.Tensor, taus, title: str) -> Figure:
+    """One row per picture of `pictures` (B, H, W, 3): the picture, Ỹⁿ of the block outputs `y` (B, C, h, w), and the
+    picture with the positions erased at each of `taus` darkened, the fraction erased under it."""
+    size = pictures.shape[1:3]
+    columns = {"image": pictures, "Ỹⁿ": heat_overlay(pictures, _upsample(normalized_activation(y), size), alpha=1.0)}
+    fractions = {}
+    for tau in taus:
+        masks = erase_mask(y, check_tau(tau))                                     # (B, 1, h, w)
+        columns[f"τ = {tau:.2f}"] = mask_overlay(pictures, masks)
+        fractions[tau] = (1 - masks.mean(dim=(1, 2, 3))).tolist()
+    fig = picture_grid(columns, cell=1.0)
+    for j, tau in enumerate(taus, start=2):
+        for i, fraction in enumerate(fractions[tau]):
+            fig.axes[i * len(columns) + j].set_xlabel(f"erased {fraction:.0%}", fontsize=8, labelpad=1)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+# %% ../nbs/09_widgets.ipynb #8cf86554
+class _ErasingCache:
+    """The model side of the τ explorer: `model`'s block outputs Y_1…Y_3 for `images` (B, 3, H, W), from one `inspect`
+    of a copy in eval mode, and the erase masks of the selected block `self.block` at `self.tau`."""
+
+    def __init__(self, model: DeepMiner, images: torch.Tensor):
         self.model, self.images = model, images
         self.pictures = to_pictures(images)                                          # (B, H, W, 3) uint8
         self.size = self.pictures.shape[1:3]
-        n = len(self.pictures)
-        css = dict(width=f"{display_width}px", height=f"{round(display_width * self.size[0] / self.size[1])}px")
 
-        self.slider = ipywidgets.FloatSlider(value=tau, min=0.0, max=1.0, step=0.05, description="τ",
-                                          readout_format=".2f", continuous_update=True)
-        self.slider.add_class("deepminer-tau")
-        self.block_selector = ipywidgets.ToggleButtons(options=[(label, i) for i, label in BLOCKS.items()], value=block,
-                                                       description="erase", style=dict(button_width="80px"))
-        self.apply_button = ipywidgets.Button(description="apply τ to the model", layout=dict(width="auto"))
-        self.refresh_button = ipywidgets.Button(description="refresh from the model", layout=dict(width="auto"))
-        self.status = ipywidgets.HTML()
-        self.image_views = [ipywidgets.Image(value=picture_bytes(p), format="png", layout=dict(**css)) for p in self.pictures]
-        self.activation_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
-        self.mask_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
-        self.erased_views = [ipywidgets.Image(format="png", layout=dict(**css)) for _ in range(n)]
-        self.fraction_labels = [ipywidgets.Label() for _ in range(n)]
-        for view in self.mask_views:
-            view.add_class("deepminer-mask")
-        row_names = ipywidgets.VBox([ipywidgets.Label(t, layout=dict(height=css["height"])) for t in ("image", "Ỹⁿ", "M", "erased")])
-        columns = [ipywidgets.VBox([self.image_views[i], self.activation_views[i], self.mask_views[i], self.erased_views[i],
-                                 self.fraction_labels[i]]) for i in range(n)]
-        self.widget = ipywidgets.VBox([self.slider, self.block_selector, ipywidgets.HBox([self.apply_button, self.refresh_button, self.status]),
-                                       ipywidgets.HBox([row_names, *columns])])
-        self.slider.observe(lambda _: self.update_masks(), "value")
-        self.block_selector.observe(lambda _: self.update_block(), "value")
-        self.apply_button.on_click(lambda _: self.apply())
-        self.refresh_button.on_click(lambda _: self.refresh())
-        self.refresh()
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def refresh(self, model: DeepMiner | None = None):
-        """Run the network once more on the images — a copy of `model` (default: the explorer's own model, which may
-        be training meanwhile, e.g. under `BackgroundTraining`) in eval mode — cache its Y_1…Y_3 and redraw."""
+    def _run_model(self, model: DeepMiner | None = None):
+        "Run a copy of `model` (default: `self.model`) in eval mode on the images and cache its Y_1…Y_3."
         if model is not None:
             self.model = model
         inspection = inspect_eval(copy.deepcopy(self.model), self.images)  # a copy: never switch a model training elsewhere
         self.block_outputs = {i: inspection.block_outputs[i].cpu() for i in BLOCKS}   # Y_i: (B, C_i, h_i, w_i)
-        self.update_block()
-
-    @property
-    def tau(self) -> float:
-        "The slider's τ."
-        return self.slider.value
-
-    @property
-    def block(self) -> int:
-        "The selected block: the erasing follows B`block`."
-        return self.block_selector.value
 
     def ie_branch(self):
         "The model's IE branch that erases after the selected block, or None."
@@ -295,6 +350,37 @@ class TauExplorer:
     def erased_fractions(self) -> list[float]:
         "The fraction of positions erased in each image at the current τ and block."
         return (1 - self.masks().mean(dim=(1, 2, 3))).tolist()
+
+    def sweep_figure(self, taus=(0.5, 0.8, 0.95)) -> Figure:
+        """A still picture of ErO after the selected block at several `taus`: one row per image with the picture, Ỹⁿ
+        and the picture with the positions erased at each τ darkened (the fraction erased under it)."""
+        title = f"ErO {BLOCKS[self.block]}: darkened = erased"
+        return _sweep_figure(self.pictures, self.block_outputs[self.block], taus, title)
+
+# %% ../nbs/09_widgets.ipynb #5066beb9
+class _ExplorerWidgets(_ErasingCache):
+    "The model side with its widgets: the controls, one column of views per image, and their redrawing."
+
+    def __init__(self, model: DeepMiner, images: torch.Tensor, tau: float, block: int, display_width: int):
+        super().__init__(model, images)
+        self.slider, self.block_selector, self.apply_button, self.refresh_button, self.status = _explorer_controls(tau, block)
+        (self.image_views, self.activation_views, self.mask_views, self.erased_views, self.fraction_labels,
+         grid) = _picture_columns(self.pictures, display_width)
+        buttons = ipywidgets.HBox([self.apply_button, self.refresh_button, self.status])
+        self.widget = ipywidgets.VBox([self.slider, self.block_selector, buttons, grid])
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    @property
+    def tau(self) -> float:
+        "The slider's τ."
+        return self.slider.value
+
+    @property
+    def block(self) -> int:
+        "The selected block: the erasing follows B`block`."
+        return self.block_selector.value
 
     def update_block(self):
         "Show Ỹⁿ of the selected block, then its masks."
@@ -315,10 +401,35 @@ class TauExplorer:
         self._show_status()
 
     def _show_status(self):
+        "Say on the status line at which τ the model's own IE branch after this block erases, and allow apply if there is one."
         branch = self.ie_branch()
         self.apply_button.disabled = branch is None
         self.status.value = ("no IE branch of the model erases after this block" if branch is None else
                              f"the model's IE branch after B{self.block} erases at τ = {branch.ero.tau:.2f}")
+
+# %% ../nbs/09_widgets.ipynb #b635c3cf
+class TauExplorer(_ExplorerWidgets):
+    """An ipywidgets view (`widget`) of ErO on `images` (B, 3, H, W): a τ slider in [0, 1] (step 0.05) and a block
+    selector (after B1/B2/B3); per image the picture, Ỹⁿ of the block, the erase mask M (eq. 1), the picture with the
+    erased positions darkened and the fraction erased. `model` runs once (on a copy, in eval mode) and again on
+    `refresh`; moving the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE branch);
+    `display_width`: pixels per picture on screen."""
+
+    def __init__(self, model: DeepMiner, images: torch.Tensor, tau: float | None = None, block: int | None = None,
+                 display_width: int = 64):
+        tau, block = _start_values(model, tau, block)
+        super().__init__(model, images, tau, block, display_width)
+        self.slider.observe(lambda _: self.update_masks(), "value")
+        self.block_selector.observe(lambda _: self.update_block(), "value")
+        self.apply_button.on_click(lambda _: self.apply())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.refresh()
+
+    def refresh(self, model: DeepMiner | None = None):
+        """Run the network once more on the images — a copy of `model` (default: the explorer's own model, which may
+        be training meanwhile, e.g. under `BackgroundTraining`) in eval mode — cache its Y_1…Y_3 and redraw."""
+        self._run_model(model)
+        self.update_block()
 
     def apply(self):
         "Set the τ of the model's IE branch after the selected block (its `ErO.tau`) to the slider's τ."
@@ -337,22 +448,3 @@ class TauExplorer:
         fig = picture_grid(columns, cell=1.1)
         fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased", fontsize=9)
         return fig
-
-    def sweep_figure(self, taus=(0.5, 0.8, 0.95)) -> Figure:
-        """A still picture of ErO after the selected block at several `taus`: one row per image with the picture, Ỹⁿ
-        and the picture with the positions erased at each τ darkened (the fraction erased under it)."""
-        y = self.block_outputs[self.block]
-        columns = {"image": self.pictures,
-                   "Ỹⁿ": heat_overlay(self.pictures, _upsample(normalized_activation(y), self.size), alpha=1.0)}
-        fractions = {}
-        for tau in taus:
-            masks = erase_mask(y, check_tau(tau))                                     # (B, 1, h, w)
-            columns[f"τ = {tau:.2f}"] = mask_overlay(self.pictures, masks)
-            fractions[tau] = (1 - masks.mean(dim=(1, 2, 3))).tolist()
-        fig = picture_grid(columns, cell=1.0)
-        for j, tau in enumerate(taus, start=2):
-            for i, fraction in enumerate(fractions[tau]):
-                fig.axes[i * len(columns) + j].set_xlabel(f"erased {fraction:.0%}", fontsize=7, labelpad=1)
-        fig.suptitle(f"ErO {BLOCKS[self.block]}: darkened = erased", fontsize=9)
-        return fig
-

@@ -40,7 +40,7 @@ from deepminer.train import Callback, Trainer, TrainConfig
 class Steps(Callback):
     def __init__(self): self.losses = []
     def on_batch_end(self, trainer, logs):
-        self.losses.append(logs["loss"])
+        self.losses.append(float(logs["loss"]))
         if trainer.step == 1:
             self.gradient = sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters() if p.grad is not None).sqrt().item()
 
@@ -70,7 +70,7 @@ def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedP
 
 
 def tiny_config(root: Path, **changes) -> dict:
-    return {**TrainConfig(dataset="synthetic", root=str(root), backbone="resnet18", height=64, width=32, P=2, K=2,
+    return {**TrainConfig(dataset="synthetic", root=str(root), model=dict(backbone="resnet18"), height=64, width=32, P=2, K=2,
                           epochs=2, lr=1e-3, warmup_epochs=1, warmup_start_lr=1e-4, milestones=(10,), eval_every=0,
                           device="cpu", augment=False, sync_bn=True, seed=3).to_dict(), **changes}
 
@@ -82,7 +82,7 @@ class Steps(Callback):
         self.losses, self.gradient = [], None
 
     def on_batch_end(self, trainer, logs):
-        self.losses.append(logs["loss"])
+        self.losses.append(float(logs["loss"]))
         if trainer.step == 1:
             self.gradient = sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
                                 if p.grad is not None).sqrt().item()

@@ -1,14 +1,16 @@
-"""Exactness and property tests for the evaluation (deepminer.evaluate): the Market-1501 protocol against a slow
-per-query reference, its invariances, k-reciprocal re-ranking against a loop reference, features, distances, plots."""
+"""Exactness and property tests for the evaluation (deepminer.evaluate, with deepminer.ranking, deepminer.rerank and
+deepminer.plots): the Market-1501 protocol against a slow per-query reference, its invariances, k-reciprocal re-ranking
+against a loop reference, features, distances, plots."""
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepminer.evaluate import (RankMetrics, compute_distance, distance_histograms, evaluate, evaluate_rank,
-                                extract_features, plot_ranked_lists, protocol_masks, re_ranking, re_ranking_block,
-                                re_ranking_memory, save_evaluation_plots)
+from deepminer.evaluate import (RankMetrics, compute_distance, evaluate, evaluate_rank, extract_features,
+                                protocol_masks)
+from deepminer.plots import distance_histograms, plot_ranked_lists, save_evaluation_plots
+from deepminer.rerank import re_ranking, re_ranking_block, re_ranking_memory
 
 
 # --------------------------------------------------------------------------------------------- slow references

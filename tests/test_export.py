@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from deepminer.export import EXPORT_FORMATS, export_checkpoint, export_model, load_exported
-from deepminer.model import DeepMiner
+from deepminer.model import DeepMiner, DeepMinerConfig
 from deepminer.synthetic import make_synthetic_reid
 from deepminer.train import load_model, preset, train
 
@@ -46,7 +46,7 @@ def test_exported_features_match_pytorch(model, format, tmp_path):
 
 
 def test_baseline_exports(tmp_path):
-    model = DeepMiner.baseline(5, backbone="resnet18").eval()
+    model = DeepMiner(5, DeepMinerConfig(backbone="resnet18").baseline()).eval()
     info = export_model(model, tmp_path / "b.onnx", "onnx", height=H, width=W)
     assert info["feature_dim"] == 512 and info["max_abs_diff"] < 1e-4
 

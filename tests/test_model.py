@@ -23,11 +23,11 @@ def train_step(model, x, labels):
 @pytest.mark.parametrize("variant", list(PAPER_VARIANTS))
 def test_every_paper_variant_runs_forward_and_backward(variant, backbone):
     torch.manual_seed(0)
-    kwargs = PAPER_VARIANTS[variant]
-    model = DeepMiner(3, backbone, **kwargs)
+    config = PAPER_VARIANTS[variant]
+    model = DeepMiner(3, config, backbone=backbone)
     x, labels = torch.randn(4, 3, 128, 64), torch.tensor([0, 0, 1, 2])
     out, loss = train_step(model, x, labels)
-    expected = ["global"] + [f"ie{k}" for k in range(1, len(kwargs["ie_after"]) + 1)] + (["local"] if kwargs["local_branch"] else [])
+    expected = ["global"] + [f"ie{k}" for k in range(1, len(config.ie_after) + 1)] + (["local"] if config.local_branch else [])
     assert list(out) == expected
     assert torch.isfinite(loss)
     dim = 512 if backbone == "resnet18" else 2048
@@ -43,7 +43,7 @@ def test_every_paper_variant_runs_forward_and_backward(variant, backbone):
 @pytest.mark.parametrize("ie_after", [(1,), (1, 2, 3), (2, 3)])
 def test_every_trainable_parameter_gets_a_nonzero_gradient(ie_after):
     torch.manual_seed(0)
-    model = DeepMiner(4, "resnet18", ie_after=ie_after)
+    model = DeepMiner(4, backbone="resnet18", ie_after=ie_after)
     for m in model.modules():
         if isinstance(m, SAM):
             m.gamma.data.fill_(0.5)  # at gamma = 0 SAM's convolutions get exactly zero gradient (identity start)
@@ -56,7 +56,7 @@ def test_every_trainable_parameter_gets_a_nonzero_gradient(ie_after):
 
 
 def test_gamma_gets_a_gradient_at_its_zero_start():
-    model = DeepMiner(4, "resnet18")
+    model = DeepMiner(4, backbone="resnet18")
     train_step(model, torch.randn(4, 3, 128, 64), torch.tensor([0, 1, 2, 3]))
     gammas = [m.gamma for m in model.modules() if isinstance(m, SAM)]
     assert len(gammas) == 2 + 1  # G after B2 and B3, ie1 after B3^e
@@ -64,7 +64,7 @@ def test_gamma_gets_a_gradient_at_its_zero_start():
 
 
 def test_copied_branches_start_equal_but_are_distinct_tensors():
-    model = DeepMiner(5, "resnet50", ie_after=(1, 2, 3))
+    model = DeepMiner(5, backbone="resnet50", ie_after=(1, 2, 3))
     g = {j: model.stages[j].state_dict() for j in range(4)}
     copies = [(branch.stages[k], branch.position + k) for branch in model.ie_branches for k in range(len(branch.stages))]
     copies.append((model.local_branch, 3))
@@ -84,7 +84,7 @@ def test_copied_branches_start_equal_but_are_distinct_tensors():
 
 def test_inspect_exposes_masks_inputs_and_maps_of_the_forward_pass():
     torch.manual_seed(0)
-    model = DeepMiner(3, "resnet18", ie_after=(1, 3), tau=0.5).eval()
+    model = DeepMiner(3, backbone="resnet18", ie_after=(1, 3), tau=0.5).eval()
     x = torch.randn(2, 3, 128, 64)
     with torch.no_grad():
         ins = model.inspect(x)
@@ -103,7 +103,7 @@ def test_inspect_exposes_masks_inputs_and_maps_of_the_forward_pass():
 
 
 def test_tau_reaches_every_ie_branch():
-    model = DeepMiner(3, "resnet18", ie_after=(1, 2, 3), tau=0.3)
+    model = DeepMiner(3, backbone="resnet18", ie_after=(1, 2, 3), tau=0.3)
     assert [b.ero.tau for b in model.ie_branches] == [0.3, 0.3, 0.3]
 
 
@@ -123,7 +123,7 @@ def test_invalid_knobs_name_the_argument(kwargs, message):
 
 @pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
 def test_cham_gate_option_reaches_every_cham(gate):
-    model = DeepMiner(3, "resnet18", cham_gate=gate)
+    model = DeepMiner(3, backbone="resnet18", cham_gate=gate)
     from deepminer.attention import CHAM
     gates = [m.gate for m in model.modules() if isinstance(m, CHAM)]
     assert gates == [gate] * 3
@@ -135,7 +135,7 @@ def test_pretrained_offline_says_which_file_to_place_where(tmp_path, monkeypatch
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(RuntimeError) as err:
-        DeepMiner(3, "resnet18", pretrained=True)
+        DeepMiner(3, backbone="resnet18", pretrained=True)
     message = str(err.value)
     assert Path(RESNETS["resnet18"][1].url).name in message
     assert str(tmp_path / "hub" / "checkpoints") in message
@@ -149,7 +149,7 @@ def test_pretrained_uses_a_file_placed_in_torch_home(tmp_path, monkeypatch):
     target = tmp_path / "hub" / "checkpoints" / Path(RESNETS["resnet18"][1].url).name
     target.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), target)
-    model = DeepMiner(3, "resnet18", pretrained=True)
+    model = DeepMiner(3, backbone="resnet18", pretrained=True)
     assert torch.equal(model.stem[0].weight, reference.conv1.weight)
     assert torch.equal(model.ie_branches[1].stages[0][0].conv1.weight, reference.layer4[0].conv1.weight)
 
@@ -157,17 +157,17 @@ def test_pretrained_uses_a_file_placed_in_torch_home(tmp_path, monkeypatch):
 def test_backbone_weights_from_a_local_file(tmp_path):
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
-    model = DeepMiner(3, "resnet18", backbone_weights=tmp_path / "r18.pth")
+    model = DeepMiner(3, backbone="resnet18", backbone_weights=tmp_path / "r18.pth")
     assert torch.equal(model.stages[2][0][0].conv2.weight, reference.layer3[0].conv2.weight)
     assert torch.equal(model.local_branch[1].bn2.running_var, reference.layer4[1].bn2.running_var)
     with pytest.raises(FileNotFoundError, match="no file at"):
-        DeepMiner(3, "resnet18", backbone_weights=tmp_path / "nope.pth")
+        DeepMiner(3, backbone="resnet18", backbone_weights=tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="do not fit resnet34"):
-        DeepMiner(3, "resnet34", backbone_weights=tmp_path / "r18.pth")
+        DeepMiner(3, backbone="resnet34", backbone_weights=tmp_path / "r18.pth")
 
 
 def test_branch_summary_adds_up_and_counts_the_paper_model():
-    model = DeepMiner(751, "resnet50")
+    model = DeepMiner(751, backbone="resnet50")
     rows = branch_summary(model, 128, 64)
     total = rows[-1]
     assert [r["branch"] for r in rows] == ["global", "ie1", "ie2", "local", "total"]

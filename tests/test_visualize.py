@@ -17,7 +17,7 @@ B, H, W = 3, 64, 32
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return DeepMiner(5, "resnet18").eval()
+    return DeepMiner(5, backbone="resnet18").eval()
 
 
 @pytest.fixture(scope="module")

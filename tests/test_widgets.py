@@ -32,14 +32,14 @@ def probe(root):
 
 
 def tiny_config(root, epochs=1):
-    return TrainConfig(dataset="synthetic", root=str(root), backbone="resnet18", height=H, width=W, P=4, K=2,
+    return TrainConfig(dataset="synthetic", root=str(root), model=dict(backbone="resnet18"), height=H, width=W, P=4, K=2,
                        epochs=epochs, lr=1e-3, warmup_epochs=1, warmup_start_lr=1e-4, milestones=(), eval_every=0)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return DeepMiner(4, "resnet18").eval()
+    return DeepMiner(4, backbone="resnet18").eval()
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_explorer_masks_are_the_models_masks(model, probe, explorer):
 
 
 def test_apply_sets_the_models_tau_and_errors_name_the_argument(probe):
-    model = DeepMiner(4, "resnet18", ie_after=(3,))
+    model = DeepMiner(4, backbone="resnet18", ie_after=(3,))
     explorer = TauExplorer(model, probe)
     assert explorer.block == 3
     explorer.slider.value = 0.35
