@@ -237,7 +237,7 @@ def plot_tau_curve(records: Sequence[dict], ax=None):
            title="Figure 7 on the synthetic set (dashed: baseline, bands: ± std over seeds)")
     return ax
 
-
+# %% ../nbs/11_ablation.ipynb #143184bd
 def plot_table(records: Sequence[dict], table: str, ax=None):
     "Bars (mean over seeds) and points (each seed) of mAP and Rank-1 for the rows of `TABLES[table]`."
     import matplotlib.pyplot as plt
@@ -255,7 +255,7 @@ def plot_table(records: Sequence[dict], table: str, ax=None):
     ax.tick_params(axis="x", labelsize=8)
     return ax
 
-
+# %% ../nbs/11_ablation.ipynb #a81cec5e
 def part_share_frame(records: Sequence[dict], variant: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Mean and std over seeds of the part shares (percent) of `variant`'s branches: two DataFrames, branches × parts."
     shares = [r["part_shares"] for r in records if r["variant"] == variant and "part_shares" in r]
