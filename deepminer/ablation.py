@@ -162,10 +162,10 @@ def run_grid(variants: Sequence[str] | None = None, seeds: Sequence[int] = SEEDS
     variants = list(ABLATION_VARIANTS) if variants is None else list(variants)
     configs = {(v, s): ablation_config(v, s, **overrides) for s in seeds for v in variants}   # validates names first
     records = load_results(results)
-    todo = [(key, config) for key, config in configs.items()
-            if not any((r["variant"], r["seed"]) == key and TrainConfig.from_dict(r["config"]) == config for r in records)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="ablation grid", unit="run", disable=not progress)
-    for (variant, seed), config in todo:
+    missing = [(key, config) for key, config in configs.items()
+               if not any((r["variant"], r["seed"]) == key and TrainConfig.from_dict(r["config"]) == config for r in records)]
+    bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc="ablation grid", unit="run", disable=not progress)
+    for (variant, seed), config in missing:
         bar.set_postfix_str(f"{variant} seed {seed}")
         record = run_ablation(variant, seed, config, parts=variant in part_variants)
         records = [r for r in load_results(results) if (r["variant"], r["seed"]) != (variant, seed)] + [record]

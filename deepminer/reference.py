@@ -20,7 +20,7 @@ import deepminer
 from .ablation import branch_part_shares, git_commit, load_results, machine_name, save_results
 from .data import build_dataset, build_transforms
 from .model import DeepMiner, PAPER_VARIANTS
-from .train import Callback, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from .train import Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
 
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',
@@ -115,7 +115,8 @@ def run_reference(variant: str, seed: int, config: TrainConfig, runs: str | Path
             "part_shares": branch_part_shares(model, people, config.height, config.width),
             "train_seconds": round(sum(h["seconds"] for h in history), 1), "wall_seconds": round(wall, 1),
             "history": history, "config": config.to_dict(), "command": command, "commit": git_commit(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name()}
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name(),
+            "device": str(pick_device(config.device))}
 
 
 def run_references(variants: Sequence[str] | None = None, seeds: Sequence[int] = REFERENCE_SEEDS,

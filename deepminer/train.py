@@ -216,11 +216,11 @@ class Checkpointing:
 
 # %% ../nbs/06_train.ipynb #bad074d8
 class CancelBatch(Exception):
-    "Raised by a callback to skip the rest of the current batch (`on_batch_end` still runs)."
+    "Raised by a callback to skip the rest of the current batch, its `on_batch_end` included."
 
 
 class CancelEpoch(Exception):
-    "Raised by a callback to end the current epoch early; it is logged, evaluated and checkpointed as usual."
+    "Raised by a callback to end the current epoch early; it is logged, evaluated if due and checkpointed."
 
 
 class CancelFit(Exception):
@@ -447,7 +447,7 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
     `callbacks`: `Callback`s called during `fit` (a `ProgressBar` is added when `progress`). Attributes a callback may
     read: `config`, `model`, `criterion`, `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed),
     `step` (batches so far), `history`, `batches` (this epoch's). A callback may set `stop_training = True`: `fit`
-    then ends after the current epoch's evaluation and checkpoint."""
+    then ends after the current epoch's checkpoint (and its evaluation, if one was due)."""
 
     def __init__(self, config: TrainConfig, output: str | Path | None = None, callbacks=(), progress: bool = True):
         self.rank, self.world_size, local_rank = init_distributed(config.device)
