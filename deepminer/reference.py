@@ -24,7 +24,7 @@ from .train import Callback, TrainConfig, load_checkpoint, load_model, pick_devi
 
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',
-           'TRUNK_PREFIXES', 'reference_config', 'check_from', 'convergence_check', 'StopWhenConverged',
+           'TRUNK_PREFIXES', 'reference_config', 'check_from', 'convergence_check', 'StopWhenConverged', 'WallClock',
            'run_reference', 'run_references', 'trunk_fingerprint', 'save_trunk', 'load_reference_trunk',
            'reference_probe', 'load_references', 'reference_table', 'plot_learning_curves']
 
@@ -86,7 +86,7 @@ class StopWhenConverged(Callback):
     def on_train_begin(self, trainer): self._check(trainer)
     def on_evaluate(self, trainer, metrics: dict): self._check(trainer)
 
-# %% ../nbs/06a_reference.ipynb #f36f118b
+# %% ../nbs/06a_reference.ipynb #fb3d19b1
 def _wall_seconds(run: Path, add: float = 0.0) -> float:
     "The wall time spent on the run folder `run` over all the calls that trained it (kept in run/wall_seconds.json)."
     path = run / "wall_seconds.json"
@@ -96,15 +96,27 @@ def _wall_seconds(run: Path, add: float = 0.0) -> float:
     return total
 
 
+class WallClock(Callback):
+    "Adds the wall time since its last note to `run`/wall_seconds.json at every epoch end: a killed run keeps its time."
+
+    def __init__(self, run: Path):
+        self.run, self.last = run, time.perf_counter()
+
+    def on_epoch_end(self, trainer, logs):
+        now = time.perf_counter()
+        _wall_seconds(self.run, now - self.last)
+        self.last = now
+
+# %% ../nbs/06a_reference.ipynb #f36f118b
 def run_reference(variant: str, seed: int, config: TrainConfig, runs: str | Path = REFERENCE_RUNS,
                   command: str = "deepminer-reference", progress: bool = False) -> dict:
     """Train (or resume) reference run `variant`/`seed` with `config` in `runs`/<variant>-seed<seed> until
     `StopWhenConverged` or `config.epochs`, then measure its branches' part shares; returns the run's record."""
     run = Path(runs) / f"{variant}-seed{seed}"
     stop = StopWhenConverged(check_from=check_from(config))
-    start = time.perf_counter()
-    result = train(config, run, resume=(run / "checkpoint.pt").exists(), callbacks=[stop], progress=progress)
-    wall = _wall_seconds(run, time.perf_counter() - start)
+    result = train(config, run, resume=(run / "checkpoint.pt").exists(), callbacks=[stop, WallClock(run)],
+                   progress=progress)
+    wall = _wall_seconds(run)
     model, _ = load_model(run / "checkpoint.pt")
     dataset = build_dataset(config.dataset, config.root)
     people = [r for r in dataset.query + dataset.gallery if r.pid >= 1]
