@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from deepminer.erase import erase_mask
-from deepminer.reference import (REFERENCE_RESULTS, TRUNK_PREFIXES, TRUNK_WEIGHTS, StopWhenConverged, load_reference_trunk,
-                                 reference_config, reference_probe, trunk_fingerprint)
+from deepminer.reference import (REFERENCE_RESULTS, REFERENCE_SEEDS, REFERENCE_VARIANTS, TRUNK_PREFIXES, TRUNK_WEIGHTS,
+                                 StopWhenConverged, load_reference_trunk, reference_config, reference_probe,
+                                 trunk_fingerprint)
 from deepminer.synthetic import PARTS, make_synthetic_reid
 from deepminer.train import load_checkpoint, train
 from deepminer.visualize import read_part_layouts
@@ -35,6 +36,20 @@ def test_the_shipped_trunk_comes_from_a_recorded_converged_run():
     run = next(r for r in records if (r["variant"], r["seed"]) == ("deep_miner", 0))
     assert (source["epochs"], source["mAP"]) == (run["epochs"], run["mAP"])
     assert run["converged"] and run["config"]["height"] == 128
+
+
+def test_the_cache_holds_every_seed_of_both_models_converged_at_8x4_maps_with_device_and_provenance():
+    records = json.loads((TRUNK_WEIGHTS.parents[2] / REFERENCE_RESULTS).read_text())
+    runs = {(r["variant"], r["seed"]): r for r in records}
+    assert set(runs) == {(v, s) for v in REFERENCE_VARIANTS for s in REFERENCE_SEEDS}
+    for r in runs.values():
+        config = r["config"]
+        assert (config["height"], config["width"]) == (128, 64)    # ResNet-18, last stride 1: last maps 8×4
+        assert r["device"] == "cpu" or r["device"].startswith("cuda")
+        assert r["converged"] and r["stopping"]["gain"] < 1.0 and r["epochs"] <= config["epochs"]
+        assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs"] + 1))
+        assert set(r["part_shares"]) == {"global", "ie1", "ie2", "local"}
+        assert all(r[k] for k in ("command", "commit", "date", "machine", "wall_seconds"))
 
 
 def test_the_shipped_trunk_erases_parts_of_each_person_and_more_as_tau_falls(default_set):
