@@ -19,8 +19,10 @@ from .distributed import broadcast_object, init_distributed
 from .model import DeepMiner, DeepMinerConfig, RESNETS, branch_summary, format_branch_table
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
-from .train import (PRESETS, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison, preset,
-                             train, train_with_baseline)
+from .losses import CENTER_REDUCTIONS
+from .model import WeightsUnavailable
+from .train import (RECIPES, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison,
+                             format_recipe_table, recipe, recipe_departures, show_setting, train, train_with_baseline)
 
 # %% auto #0
 __all__ = ['MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'add_model_arguments', 'model_config', 'summary_parser',
@@ -33,13 +35,13 @@ MODEL_HELP = {
     "backbone": "torchvision ResNet backbone",
     "ie_after": "blocks (1, 2, 3) followed by an input-erased branch; give none for no IE branch",
     "tau": "erasing threshold in [0, 1], eq. (1)",
-    "local_branch": "drop the local (stripes) branch",
+    "local_branch": "the local (stripes) branch",
     "stripes": "horizontal stripes of the local branch",
-    "sam": "drop the spatial attention module (SAM)",
-    "cham": "drop the channel attention module (CHAM)",
+    "sam": "the spatial attention module (SAM)",
+    "cham": "the channel attention module (CHAM)",
     "cham_gate": "CHAM's gate: sigmoid (PLR-OSNet's code) or softmax over channels (the paper's text)",
-    "pretrained": "start from torchvision's ImageNet weights (downloads once)",
-    "backbone_weights": "start from ImageNet weights in a local file instead of downloading",
+    "pretrained": "start from ImageNet weights (downloaded once, or --backbone-weights); --no-pretrained: from scratch",
+    "backbone_weights": "read the ImageNet weights from this local file instead of downloading them",
 }  # DeepMinerConfig field -> --help text
 MODEL_FLAGS = {"local_branch": "local", "backbone_weights": "backbone-weights", "ie_after": "ie-after",
                "cham_gate": "cham-gate"}  # field -> flag name, where they differ
@@ -48,24 +50,22 @@ MODEL_FIELDS = {f.name for f in fields(DeepMinerConfig)}
 # %% ../nbs/10_cli.ipynb #3bbbd90f
 def add_model_arguments(parser: argparse.ArgumentParser, defaults: DeepMinerConfig | None = DeepMinerConfig()
                         ) -> argparse.ArgumentParser:
-    """Add one flag per `DeepMinerConfig` field to `parser` and return it: a switch that the paper's model has on
-    becomes `--no-NAME`, one it has off `--NAME`. `defaults`: the value of each flag when it is not given (the paper's
-    model); None leaves unset flags out of the parsed namespace, for a caller with its own presets."""
-    paper, shown = DeepMinerConfig(), "the paper's Deep Miner" if defaults is not None else "from --preset"
-    group = parser.add_argument_group(f"model (defaults: {shown})")
+    """Add one flag per `DeepMinerConfig` field to `parser` and return it: a switch gets both forms (`--sam`,
+    `--no-sam`), and each help text ends with the paper's value. `defaults`: the value of each flag when it is not
+    given; None leaves unset flags out of the parsed namespace, for a caller whose recipe fills them in."""
+    paper = recipe("paper").model
+    group = parser.add_argument_group("model (defaults: " + ("from --recipe)" if defaults is None else "DeepMinerConfig())"))
     for f in fields(DeepMinerConfig):
         name, value = MODEL_FLAGS.get(f.name, f.name), getattr(paper, f.name)
         default = argparse.SUPPRESS if defaults is None else getattr(defaults, f.name)
+        help = MODEL_HELP[f.name] + (f" (paper: {show_setting(value)})" if value is not None else "")
         if isinstance(value, bool):
-            group.add_argument(f"--no-{name}" if value else f"--{name}", dest=f.name, default=default,
-                               action="store_false" if value else "store_true", help=MODEL_HELP[f.name])
+            group.add_argument(f"--{name}", dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=help)
             continue
-        paper_value = " ".join(map(str, value)) if isinstance(value, tuple) else value
         options = dict(type=int, nargs="*", metavar="BLOCK") if f.name == "ie_after" else \
             dict(metavar="PATH") if f.name == "backbone_weights" else dict(type=type(value))
         if f.name in ("backbone", "cham_gate"):
             options["choices"] = sorted(RESNETS) if f.name == "backbone" else list(CHAM_GATES)
-        help = MODEL_HELP[f.name] + (f" (paper: {paper_value})" if value is not None else "")
         group.add_argument(f"--{name}", dest=f.name, default=default, help=help, **options)
     return parser
 
@@ -159,6 +159,8 @@ TRAIN_HELP = {
     "warmup_start_lr": "learning rate at the first epoch", "milestones": "epochs at which the learning rate is multiplied by --gamma",
     "gamma": "learning-rate decay factor", "weight_decay": "Adam weight decay", "center_lr": "SGD learning rate of the centers",
     "center_weight": "lambda of eq. (2), the center-loss weight", "label_smoothing": "epsilon of eq. (4)",
+    "triplet_reduction": "eq. (5) over the batch: mean (Bag of Tricks) or sum (as the paper writes it)",
+    "center_reduction": "eq. (6) over the batch: mean (Bag of Tricks) or half_sum (as the paper writes it)",
     "eval_every": "evaluate every N epochs (0: only at the end)", "seed": "random seed",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
 }  # TrainConfig field -> --help text
@@ -166,16 +168,17 @@ TRAIN_HELP = {
 # %% ../nbs/10_cli.ipynb #54bf3cf0
 def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add a flag per `TrainConfig` setting to `parser`; a flag that is not given stays out of the parsed arguments."
-    run = parser.add_argument_group("training (defaults: from --preset)")
+    run = parser.add_argument_group("training (defaults: from --recipe)")
     for f in fields(TrainConfig):
-        if f.name in ("model", "dataset", "amp", "cpu_bf16", "eval_flip", "augment", "sync_bn"):  # model: its own flags
+        if f.name in ("model", "dataset", "recipe", "amp", "cpu_bf16", "eval_flip", "augment", "pad_crop", "sync_bn"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "milestones":
             run.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
         else:
             kind = int if f.name == "num_workers" else type(f.default)  # the only None default is num_workers'
-            run.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
+            choices = {"triplet_reduction": ["mean", "sum"], "center_reduction": list(CENTER_REDUCTIONS)}.get(f.name)
+            run.add_argument(flag, dest=f.name, type=kind, choices=choices, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
     run.add_argument("--eval-flip", action="store_true", default=argparse.SUPPRESS,
                      help="average each test image's features with its mirror image's")
     run.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
@@ -184,6 +187,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                      help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
     run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
                      help="no random flip, crop or erasing (resize only)")
+    run.add_argument("--pad-crop", dest="pad_crop", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                     help="pad 10 pixels and crop at random (Bag of Tricks; the paper recipe has it off)")
     run.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=argparse.SUPPRESS,
                      help="under torchrun: batch-norm statistics over all processes' batches (SyncBatchNorm)")
     return parser
@@ -194,14 +199,17 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepminer-train",
         description="Train Deep Miner. With no arguments: the main job (generate the synthetic benchmark if missing, "
-                    "train Deep Miner and the global-only baseline on the CPU preset, print mAP / Rank-1 / Rank-5 / time). "
+                    "train Deep Miner and the global-only baseline with the cpu recipe, print mAP / Rank-1 / Rank-5 / time). "
                     "Runs unchanged under torchrun --nproc_per_node=N (NCCL on GPUs, gloo on the CPU): --P is per "
                     "process, the global batch is P*K*N, only rank 0 writes.")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "market1501", "dukemtmcreid", "cuhk03", "msmt17", "custom"],
                         help="dataset to train and evaluate on (default: %(default)s)")
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="settings to start from: cpu (the synthetic main job) or paper (§4.1); default: cpu for "
-                             "the synthetic set, paper otherwise")
+    parser.add_argument("--recipe", choices=list(RECIPES),
+                        help="settings to start from: cpu (the synthetic main job), strong (the paper with Bag of Tricks' "
+                             "habits) or paper (§3-§4.1 as written); default: cpu for the synthetic set, strong otherwise")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every setting of the three recipes and of this run, with the paper's value and "
+                             "its source, and exit")
     parser.add_argument("--output", help="run folder (default: runs/<dataset>-<date>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     parser.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
@@ -212,15 +220,14 @@ def train_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #1ec12525
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    "The `TrainConfig` of parsed `deepminer-train` arguments: the preset, then every flag that was given."
-    name = args.preset or ("cpu" if args.dataset == "synthetic" else "paper")
+    "The `TrainConfig` of parsed `deepminer-train` arguments: the recipe, then every flag that was given."
+    name = args.recipe or ("cpu" if args.dataset == "synthetic" else "strong")
     given = {k: v for k, v in vars(args).items()
-             if k not in ("preset", "output", "resume", "baseline", "quiet") and not (k == "dataset" and v is None)}
-    if "root" not in given and args.dataset != PRESETS[name].get("dataset"):
+             if k not in ("recipe", "show_config", "output", "resume", "baseline", "quiet") and not (k == "dataset" and v is None)}
+    if "root" not in given and args.dataset != RECIPES[name].get("dataset"):
         given["root"] = f"data/{args.dataset}"
     model = {k: given.pop(k) for k in MODEL_FIELDS & set(given)}   # the model flags that were given
-    config = preset(name, **given)
-    return replace(config, model=replace(config.model, **model))
+    return recipe(name, **given, model=model)
 
 # %% ../nbs/10_cli.ipynb #47c18c6f
 def train_main(argv: list[str] | None = None) -> None:
@@ -233,13 +240,22 @@ def train_main(argv: list[str] | None = None) -> None:
         config = train_config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.show_config:
+        print(format_recipe_table(config))
+        return
     rank, world_size, _ = init_distributed(config.device)   # under torchrun; (0, 1, 0) otherwise
     output = Path(broadcast_object(args.output or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
     if rank == 0:
         processes = f" x {world_size} processes" if world_size > 1 else ""
-        print(f"deepminer-train: {config.dataset} at {config.root}, {config.model.backbone} {config.height}x{config.width}, "
-              f"{config.epochs} epochs, P={config.P}{processes} K={config.K}, lr {config.lr:g} -> {output}")
+        start_from = "ImageNet weights" if config.model.pretrained else "from scratch"
+        print(f"deepminer-train: {config.recipe} recipe, {config.dataset} at {config.root}, {config.model.backbone} "
+              f"({start_from}) {config.height}x{config.width}, {config.epochs} epochs, P={config.P}{processes} K={config.K}, "
+              f"lr {config.lr:g} -> {output}")
+        departures = recipe_departures(config)
+        if departures:
+            print(f"deepminer-train: departs from {'the paper' if config.recipe == 'paper' else f'the {config.recipe} recipe'} in "
+                  + ", ".join(f"{k} {show_setting(new)} ({config.recipe}: {show_setting(old)})" for k, (old, new) in departures.items()))
     start = time.perf_counter()
     try:
         if with_baseline:
@@ -248,7 +264,7 @@ def train_main(argv: list[str] | None = None) -> None:
             results = {"Deep Miner": train(config, output, resume=args.resume, progress=not args.quiet)}
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         parser.error(str(err))
-    except TrainingDiverged as err:
+    except (TrainingDiverged, WeightsUnavailable) as err:
         raise SystemExit(f"deepminer-train: {err}")
     finally:
         if world_size > 1:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['smoothed_targets', 'id_loss', 'pairwise_distances', 'triplet_loss', 'CenterLoss', 'DeepMinerLoss']
+__all__ = ['CENTER_REDUCTIONS', 'smoothed_targets', 'id_loss', 'pairwise_distances', 'triplet_loss', 'CenterLoss',
+           'DeepMinerLoss']
 
 # %% ../nbs/05_losses.ipynb #c9ad460c
 def smoothed_targets(labels: torch.Tensor, num_classes: int, epsilon: float = 0.1) -> torch.Tensor:
@@ -46,31 +47,43 @@ def triplet_loss(features: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return losses.mean() if reduction == "mean" else losses.sum()
 
 # %% ../nbs/05_losses.ipynb #a363313b
-class CenterLoss(nn.Module):
-    "Eq. (6), batch-averaged: mean over the batch of ‖f − c_y‖², with one learned center per identity."
+CENTER_REDUCTIONS = ("mean", "half_sum")
 
-    def __init__(self, num_classes: int, dim: int):
+
+class CenterLoss(nn.Module):
+    """Eq. (6) with one learned center per identity: `reduction="mean"` (Bag of Tricks) is the batch mean of
+    ‖f − c_y‖²; `"half_sum"` is eq. (6) as written, ½ Σ ‖f − c_y‖² over the batch (B/2 times the mean)."""
+
+    def __init__(self, num_classes: int, dim: int, reduction: str = "mean"):
         super().__init__()
+        if reduction not in CENTER_REDUCTIONS:
+            raise ValueError(f"center reduction must be one of {CENTER_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         self.centers = nn.Parameter(torch.randn(num_classes, dim))  # (N, D), as Bag of Tricks initialises them
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         "The loss for `features` (B, D) of identities `labels` (B,)."
-        return (features.float() - self.centers[labels]).pow(2).sum(1).mean()
+        squared = (features.float() - self.centers[labels]).pow(2).sum(1)  # (B,)
+        return squared.mean() if self.reduction == "mean" else squared.sum() / 2
 
 # %% ../nbs/05_losses.ipynb #f6ec950b
 class DeepMinerLoss(nn.Module):
     """Σ over branches of eq. (2): L_ID + L_triplet + λ·L_center per branch. `feature_dims` maps branch name to the
-    size of its features (`DeepMiner.feature_dims`); each branch gets its own centers."""
+    size of its features (`DeepMiner.feature_dims`); each branch gets its own centers. `triplet_reduction` ("mean" or
+    "sum") and `center_reduction` ("mean" or "half_sum") choose Bag of Tricks' averages or eqs. (5)–(6) as written."""
 
     def __init__(self, num_classes: int, feature_dims: dict[str, int], epsilon: float = 0.1, center_weight: float = 5e-4,
-                 triplet_reduction: str = "mean"):
+                 triplet_reduction: str = "mean", center_reduction: str = "mean"):
         super().__init__()
         if not 0 <= epsilon < 1:
             raise ValueError(f"epsilon (label smoothing) must lie in [0, 1), got {epsilon}")
         if center_weight < 0:
             raise ValueError(f"center_weight (lambda of eq. 2) must be >= 0, got {center_weight}")
         self.epsilon, self.center_weight, self.triplet_reduction = epsilon, center_weight, triplet_reduction
-        self.centers = nn.ModuleDict({name: CenterLoss(num_classes, dim) for name, dim in feature_dims.items()})
+        if triplet_reduction not in ("mean", "sum"):
+            raise ValueError(f"triplet_reduction must be 'mean' or 'sum', got {triplet_reduction!r}")
+        self.centers = nn.ModuleDict({name: CenterLoss(num_classes, dim, center_reduction)
+                                      for name, dim in feature_dims.items()})
 
     def forward(self, outputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`outputs`: {branch: (features (B, D), logits (B, N))} as `DeepMiner` returns in training mode; `labels` (B,).

@@ -20,9 +20,10 @@ from .attention import CHAM_GATES, Attention
 from .erase import ErO, check_tau
 
 # %% auto #0
-__all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch',
-           'StripePool', 'BranchOutput', 'BNNeck', 'DeepMinerConfig', 'make_heads', 'Inspection', 'DeepMiner',
-           'model_device', 'branch_summary', 'format_branch_table']
+__all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file', 'build_resnet',
+           'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
+           'DeepMinerConfig', 'make_heads', 'Inspection', 'DeepMiner', 'model_device', 'branch_summary',
+           'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -34,19 +35,25 @@ RESNETS = {
 }  # name -> (constructor, ImageNet weights used by `pretrained=True`)
 
 
-def _download_weights(name: str) -> dict:
-    "ImageNet weights of backbone `name` through torchvision's weights API, with an offline error that says what to do."
-    weights = RESNETS[name][1]
-    filename = Path(weights.url).name
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        return weights.get_state_dict(progress=False)
-    except OSError as err:  # URLError, socket and HTTP errors are all OSErrors
-        raise RuntimeError(
-            f"pretrained=True: could not download the ImageNet weights of {name} ({weights.url}): {err}.\n"
-            f"Offline, place the file {filename} in {checkpoints} (that is $TORCH_HOME/hub/checkpoints), "
-            f"or pass backbone_weights=PATH to load a local copy."
-        ) from err
+class WeightsUnavailable(RuntimeError):
+    "ImageNet weights were asked for but cannot be had: no copy on disk and no download."
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """The file of backbone `name`'s ImageNet weights in torchvision's cache ($TORCH_HOME/hub/checkpoints), downloaded
+    there once if it is missing; offline, `WeightsUnavailable` says which file to put where, and the alternatives."""
+    url = RESNETS[name][1].url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except OSError as err:  # URLError, socket and HTTP errors are all OSErrors
+            raise WeightsUnavailable(
+                f"the ImageNet weights of {name} could not be downloaded from {url} ({getattr(err, 'reason', err)}): "
+                f"put {path.name} in {path.parent}, or pass backbone_weights=FILE (--backbone-weights FILE), "
+                f"or train from scratch with pretrained=False (--no-pretrained)") from None
+    return path
 
 # %% ../nbs/04_model.ipynb #a9dbc2b0
 def _read_weights(path: str | Path) -> dict:
@@ -66,16 +73,14 @@ def _read_weights(path: str | Path) -> dict:
 def build_resnet(name: str = "resnet50", pretrained: bool = False, weights_path: str | Path | None = None,
                  last_stride: int = 1) -> torchvision.models.ResNet:
     """A torchvision ResNet `name` with block 4's stride set to `last_stride`, randomly initialised, or with ImageNet
-    weights from torchvision (`pretrained=True`) or from a local file (`weights_path`). The `fc` layer is unused."""
+    weights: from a local file `weights_path` if given, else (`pretrained=True`) torchvision's, downloaded once into
+    its cache (`imagenet_weights_file`). The `fc` layer is unused."""
     if name not in RESNETS:
         raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
-    if pretrained and weights_path is not None:
-        raise ValueError("pass either pretrained=True or backbone_weights=PATH, not both")
     resnet = RESNETS[name][0]()
     if pretrained or weights_path is not None:
-        state = _download_weights(name) if pretrained else _read_weights(weights_path)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        source = "ImageNet weights" if pretrained else f"backbone_weights {weights_path}"
+        state = _read_weights(weights_path if weights_path is not None else imagenet_weights_file(name))
+        source = f"backbone_weights {weights_path}" if weights_path is not None else "ImageNet weights"
         try:
             missing, unexpected = resnet.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatch: another architecture
@@ -168,8 +173,10 @@ class BNNeck(nn.Module):
 # %% ../nbs/04_model.ipynb #81ba0e1d
 @dataclass
 class DeepMinerConfig:
-    """Every option of the Deep Miner network; the defaults are the paper's model. Checked when made: a bad value
-    raises ValueError naming the field. `DeepMiner(num_classes, config)` builds the network it describes."""
+    """Every option of the Deep Miner network. The defaults are the paper's network but for two choices that the
+    recipes of `06_train` make: CHAM's gate (a sigmoid; the paper's text says Softmax) and the ImageNet start (off,
+    so that a config made by hand never downloads). Checked when made: a bad value raises ValueError naming the
+    field. `DeepMiner(num_classes, config)` builds the network it describes."""
     backbone: str = "resnet50"             # a key of RESNETS
     ie_after: tuple[int, ...] = (2, 3)     # an IE branch after each of these blocks, §3.2 (Tables 1–2)
     tau: float = 0.8                       # ErO's threshold, eq. (1) (Figure 7)
@@ -178,8 +185,8 @@ class DeepMinerConfig:
     sam: bool = True                       # spatial attention after B2 and B3, §3.4 (Table 4)
     cham: bool = True                      # channel attention after B2 and B3
     cham_gate: str = "sigmoid"             # "sigmoid" (PLR-OSNet's code) or "softmax" (the paper's text), 03_attention
-    pretrained: bool = False               # start from torchvision's ImageNet weights (downloads once)
-    backbone_weights: str | None = None    # ... or from ImageNet weights in a local file
+    pretrained: bool = False               # start from ImageNet weights (§3.2); off: from scratch, offline-safe
+    backbone_weights: str | None = None    # read them from this local file instead of torchvision's download
 
     def __post_init__(self):
         if self.backbone not in RESNETS:
@@ -195,10 +202,8 @@ class DeepMinerConfig:
             raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {self.stripes!r}")
         if self.cham_gate not in CHAM_GATES:
             raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {self.cham_gate!r}")
-        if self.pretrained and self.backbone_weights is not None:
-            raise ValueError("pass either pretrained=True or backbone_weights=PATH, not both")
-        if self.backbone_weights is not None:
-            self.backbone_weights = str(self.backbone_weights)
+        if self.backbone_weights is not None:   # a weights file is a pretrained start
+            self.backbone_weights, self.pretrained = str(self.backbone_weights), True
 
     def baseline(self) -> DeepMinerConfig:
         "The paper's baseline with this backbone and initialisation: the global branch alone (no IE, local or ATT)."

@@ -6,7 +6,7 @@ import torch
 from deepminer.export import EXPORT_FORMATS, export_checkpoint, export_model, load_exported
 from deepminer.model import DeepMiner, DeepMinerConfig
 from deepminer.synthetic import make_synthetic_reid
-from deepminer.train import load_model, preset, train
+from deepminer.train import load_model, recipe, train
 
 H, W = 64, 32
 BATCH_SIZES = (1, 2, 7)  # none of them the batch size used for export (2 is): exercises the dynamic axis
@@ -54,7 +54,7 @@ def test_baseline_exports(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     root = make_synthetic_reid(tmp_path / "data", seed=0, train_ids=6, test_ids=4, cameras=3, distractors=3, junk=2,
                                progress=False)
-    config = preset("cpu", root=str(root), epochs=1, P=4, K=2, warmup_epochs=0, eval_every=0)
+    config = recipe("cpu", root=str(root), epochs=1, P=4, K=2, warmup_epochs=0, eval_every=0)
     train(config, tmp_path / "run", progress=False)
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     model, config = load_model(checkpoint)
