@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -16,19 +19,65 @@ import torch
 
 from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
-from .model import DeepMiner, DeepMinerConfig, RESNETS, branch_summary, format_branch_table
+from .model import DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
-from .model import WeightsUnavailable
-from .train import (RECIPES, TrainConfig, TrainingDiverged, evaluate_checkpoint, format_comparison,
-                             format_recipe_table, recipe, recipe_departures, show_setting, train, train_with_baseline)
+from .data import BAD_IMAGE_POLICIES
+from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate_checkpoint,
+                             format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train,
+                             train_with_baseline)
 
 # %% auto #0
-__all__ = ['MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'add_model_arguments', 'model_config', 'summary_parser',
-           'summary_main', 'synth_parser', 'synth_main', 'train_parser', 'train_config_from_args', 'train_main',
-           'eval_parser', 'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main',
-           'reference_parser', 'reference_main']
+__all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'OneLineParser', 'one_line', 'command',
+           'add_model_arguments', 'model_config', 'summary_parser', 'summary_main', 'synth_parser', 'synth_main',
+           'train_parser', 'train_config_from_args', 'train_main', 'eval_parser', 'eval_output', 'eval_main',
+           'export_parser', 'export_main', 'ablate_parser', 'ablate_main', 'reference_parser', 'reference_main']
+
+# %% ../nbs/10_cli.ipynb #0cc91fe7
+class OneLineParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose errors are one line on stderr, `prog: error: …` (exit status 2), without the usage."
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+USER_ERRORS = (ValueError, OSError, ImportError)   # bad values; missing, unreadable or existing files; packages
+
+
+def one_line(err: BaseException | str) -> str:
+    "An error's message on one line (a missing package also says which `pip install` brings it)."
+    text = " ".join(str(err).split())
+    if isinstance(err, ModuleNotFoundError) and err.name and "pip install" not in text:
+        text += f" (pip install {err.name.split('.')[0]})"
+    return text
+
+
+def command(prog: str):
+    """Decorate the `main(argv)` of console script `prog` so that it ends every error in one line (see above)."""
+    def decorate(main):
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None):
+            def fail(message: str, status: int):
+                print(f"{prog}: {message}", file=sys.stderr)
+                raise SystemExit(status)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *args, **kwargs: print(
+                    f"{prog}: warning: {one_line(message)}", file=sys.stderr)
+                try:
+                    return main(argv)
+                except TrainingInterrupted as err:
+                    fail(one_line(err), 130)
+                except KeyboardInterrupt:
+                    fail("interrupted", 130)
+                except Exception as err:
+                    if os.environ.get("DEEPMINER_DEBUG"):
+                        raise
+                    known = isinstance(err, (*USER_ERRORS, TrainingDiverged, WeightsUnavailable))
+                    fail(f"error: {'' if known else type(err).__name__ + ': '}{one_line(err)}",
+                         2 if isinstance(err, USER_ERRORS) else 1)
+        return run
+    return decorate
 
 # %% ../nbs/10_cli.ipynb #f1814cf1
 MODEL_HELP = {
@@ -77,7 +126,7 @@ def model_config(args: argparse.Namespace) -> DeepMinerConfig:
 # %% ../nbs/10_cli.ipynb #62942428
 def summary_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-summary`."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-summary",
         description="Build the global-only baseline and a Deep Miner model and print, per branch, its input, blocks, "
                     "feature size, parameters and multiply-accumulates for one image.")
@@ -88,18 +137,15 @@ def summary_parser() -> argparse.ArgumentParser:
     return add_model_arguments(parser)
 
 # %% ../nbs/10_cli.ipynb #0ff0b296
+@command("deepminer-summary")
 def summary_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-summary`: print the branch tables of the baseline and of the configured model."
     parser = summary_parser()
     args = parser.parse_args(argv)
-    if args.height < 32 or args.width < 32:
-        parser.error(f"--height and --width must be at least 32 pixels (the backbone downsamples 16x), got {args.height}x{args.width}")
-    try:
-        config = model_config(args)
-        models = {"global-only baseline": DeepMiner(args.num_classes, config.baseline()),
-                  "Deep Miner": DeepMiner(args.num_classes, config)}
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        parser.error(str(err))
+    config = model_config(args)
+    check_input_size(config, args.height, args.width)
+    models = {"global-only baseline": DeepMiner(args.num_classes, config.baseline()),
+              "Deep Miner": DeepMiner(args.num_classes, config)}
     print(f"{args.backbone}, input {args.height}x{args.width}, {args.num_classes} identities; "
           f"params in millions (att = attention, head = BNNeck + classifier), GMACs per image in eval mode\n")
     totals = {}
@@ -115,14 +161,14 @@ def summary_main(argv: list[str] | None = None) -> None:
 # %% ../nbs/10_cli.ipynb #70f5db57
 def synth_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-synth`: ROOT, --seed, --overwrite and one flag per `SyntheticConfig` field."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-synth",
         description="Write the procedurally generated pedestrian re-ID set to ROOT in Market-1501's layout "
                     "(bounding_box_train/, query/, bounding_box_test/), with part layouts in ROOT/parts/ and the "
                     "settings in ROOT/synthetic.json. The same seed and sizes write byte-identical files.")
     parser.add_argument("root", metavar="ROOT", help="folder to write (created; must be new, empty, or a synthetic set)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a synthetic set made with other settings")
+    parser.add_argument("--overwrite", action="store_true", help="replace a synthetic set made with other settings (its own files only; other files stay)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     sizes = parser.add_argument_group("sizes (defaults: the main job's benchmark)")
     helps = {"train_ids": "training identities", "test_ids": "test identities (query and gallery)",
@@ -138,16 +184,14 @@ def synth_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/10_cli.ipynb #6b2cfd3c
+@command("deepminer-synth")
 def synth_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-synth`: write the synthetic benchmark and print what was written."
     parser = synth_parser()
     args = parser.parse_args(argv)
     sizes = {name: getattr(args, name) for name in asdict(SyntheticConfig())}
     t0 = time.perf_counter()
-    try:
-        root = make_synthetic_reid(args.root, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, **sizes)
-    except (ValueError, FileExistsError) as err:
-        parser.error(str(err))
+    root = make_synthetic_reid(args.root, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, **sizes)
     counts = json.loads((root / "synthetic.json").read_text())["counts"]
     print(f"{root}: " + ", ".join(f"{n} in {folder}" for folder, n in counts.items()) + f" ({time.perf_counter() - t0:.1f} s)")
 
@@ -163,6 +207,7 @@ TRAIN_HELP = {
     "center_reduction": "eq. (6) over the batch: mean (Bag of Tricks) or half_sum (as the paper writes it)",
     "eval_every": "evaluate every N epochs (0: only at the end)", "seed": "random seed",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
+    "bad_images": "an unreadable image: raise (stop, naming it) or skip (leave it out and say how many)",
 }  # TrainConfig field -> --help text
 
 # %% ../nbs/10_cli.ipynb #54bf3cf0
@@ -177,7 +222,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             run.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
         else:
             kind = int if f.name == "num_workers" else type(f.default)  # the only None default is num_workers'
-            choices = {"triplet_reduction": ["mean", "sum"], "center_reduction": list(CENTER_REDUCTIONS)}.get(f.name)
+            choices = {"triplet_reduction": ["mean", "sum"], "center_reduction": list(CENTER_REDUCTIONS),
+                       "bad_images": list(BAD_IMAGE_POLICIES)}.get(f.name)
             run.add_argument(flag, dest=f.name, type=kind, choices=choices, default=argparse.SUPPRESS, help=TRAIN_HELP[f.name])
     run.add_argument("--eval-flip", action="store_true", default=argparse.SUPPRESS,
                      help="average each test image's features with its mirror image's")
@@ -196,7 +242,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 # %% ../nbs/10_cli.ipynb #e946d460
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-train`: the run's options, one flag per `TrainConfig` field, the model's knobs."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-train",
         description="Train Deep Miner. With no arguments: the main job (generate the synthetic benchmark if missing, "
                     "train Deep Miner and the global-only baseline with the cpu recipe, print mAP / Rank-1 / Rank-5 / time). "
@@ -212,9 +258,10 @@ def train_parser() -> argparse.ArgumentParser:
                              "its source, and exit")
     parser.add_argument("--output", help="run folder (default: runs/<dataset>-<date>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
-    parser.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
-                        help="also train the global-only baseline with the same settings (default for the synthetic set)")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="train Deep Miner only")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
+                          help="also train the global-only baseline with the same settings (default for the synthetic set)")
+    baseline.add_argument("--no-baseline", dest="baseline", action="store_false", help="train Deep Miner only")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return add_model_arguments(_add_train_arguments(parser), defaults=None)
 
@@ -230,16 +277,14 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return recipe(name, **given, model=model)
 
 # %% ../nbs/10_cli.ipynb #47c18c6f
+@command("deepminer-train")
 def train_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-train`: train (by default, the main job) and print the final metrics."
     parser = train_parser()
     args = parser.parse_args(argv)
     if args.resume and not args.output:
         parser.error("--resume needs --output, the run folder to continue")
-    try:
-        config = train_config_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
+    config = train_config_from_args(args)
     if args.show_config:
         print(format_recipe_table(config))
         return
@@ -262,10 +307,6 @@ def train_main(argv: list[str] | None = None) -> None:
             results = train_with_baseline(config, output, resume=args.resume, progress=not args.quiet)
         else:
             results = {"Deep Miner": train(config, output, resume=args.resume, progress=not args.quiet)}
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
-        parser.error(str(err))
-    except (TrainingDiverged, WeightsUnavailable) as err:
-        raise SystemExit(f"deepminer-train: {err}")
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
@@ -277,7 +318,7 @@ def train_main(argv: list[str] | None = None) -> None:
 # %% ../nbs/10_cli.ipynb #ae3b1111
 def eval_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-eval`."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-eval",
         description="Evaluate a deepminer-train checkpoint on a query/gallery set (Market-1501 protocol): print mAP, "
                     "mINP, Rank-1/5/10 and save plots.")
@@ -291,23 +332,40 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean", help="distance (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="(default: %(default)s)")
-    parser.add_argument("--output", help="folder for the plots and metrics.json (default: eval/ beside the checkpoint)")
+    parser.add_argument("--output", help="folder for the plots and metrics.json (default: a new eval/, eval-2/, … beside "
+                                         "the checkpoint); a folder that holds files needs --replace")
+    parser.add_argument("--replace", action="store_true", help="overwrite the evaluation's files in an existing --output")
+    parser.add_argument("--bad-images", choices=list(BAD_IMAGE_POLICIES), default="raise",
+                        help="an unreadable test image: raise (stop, naming it) or skip (leave it out) (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 # %% ../nbs/10_cli.ipynb #698a9939
+def eval_output(checkpoint: str | Path, output: str | Path | None, replace: bool) -> Path:
+    """Where `deepminer-eval` writes: `output`, which must not be a run folder and, if it holds files, needs `replace`;
+    by default the first of eval/, eval-2/, … beside `checkpoint` that does not exist yet."""
+    if output is None:
+        parent = Path(checkpoint).parent
+        return next(parent / name for name in ("eval", *(f"eval-{k}" for k in range(2, 10_000))) if not (parent / name).exists())
+    output = Path(output)
+    if any((output / name).exists() for name in ("checkpoint.pt", "config.json")):
+        raise FileExistsError(f"--output {output} is a run folder (its metrics.json is training's): choose another folder")
+    if output.is_dir() and any(output.iterdir()) and not replace:
+        raise FileExistsError(f"--output {output} already holds files: pass --replace to overwrite the evaluation's "
+                              "files there (cmc.png, distances.png, ranked_lists.png, metrics.json), or choose a new folder")
+    return output
+
+
+@command("deepminer-eval")
 def eval_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
-    parser = eval_parser()
-    args = parser.parse_args(argv)
-    output = Path(args.output) if args.output else Path(args.checkpoint).parent / "eval"
-    try:
-        metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, flip=args.flip, rerank=args.rerank,
-                                      normalize=args.normalize, metric=args.metric, plots_dir=output,
-                                      batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
-        parser.error(str(err))
-    (output / "metrics.json").write_text(json.dumps({**metrics, **{k: v for k, v in vars(args).items() if k != "quiet"}}, indent=1))
+    args = eval_parser().parse_args(argv)
+    output = eval_output(args.checkpoint, args.output, args.replace)
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, flip=args.flip, rerank=args.rerank,
+                                  normalize=args.normalize, metric=args.metric, plots_dir=output, batch_size=args.batch_size,
+                                  device=args.device, progress=not args.quiet, bad_images=args.bad_images)
+    settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace")}
+    (output / "metrics.json").write_text(json.dumps({**metrics, **settings}, indent=1))
     print("  ".join(f"{name} {metrics[key]:.1f}" for key, name in
                     (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))
     print(f"plots and metrics.json in {output}")
@@ -315,25 +373,26 @@ def eval_main(argv: list[str] | None = None) -> None:
 # %% ../nbs/10_cli.ipynb #ff0ee770
 def export_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-export`."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-export",
         description="Export a deepminer-train checkpoint's feature extractor to ONNX or TorchScript and check that the "
                     "exported file gives PyTorch's features.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
     parser.add_argument("--format", choices=sorted(EXPORT_FORMATS), default="onnx", help="(default: %(default)s)")
-    parser.add_argument("--output", help="file to write (default: beside the checkpoint, checkpoint.onnx or checkpoint.torchscript.pt)")
+    parser.add_argument("--output", help="file to write, replaced if it exists (default: beside the checkpoint, checkpoint.onnx or "
+                             "checkpoint.torchscript.pt, which must not exist yet)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest difference allowed from PyTorch's features (default: %(default)s)")
     return parser
 
 # %% ../nbs/10_cli.ipynb #1e9f4353
+@command("deepminer-export")
 def export_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-export`: export a checkpoint and print where, at what size, and how close it is."
     parser = export_parser()
     args = parser.parse_args(argv)
-    try:
-        info = export_checkpoint(args.checkpoint, args.output, args.format, args.atol)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        parser.error(str(err))
+    if not args.atol >= 0:
+        parser.error(f"--atol must be >= 0 (the largest difference allowed from PyTorch's features), got {args.atol}")
+    info = export_checkpoint(args.checkpoint, args.output, args.format, args.atol, replace=args.output is not None)
     print(f"{info['path']}: {info['format']}, input (B, 3, {info['height']}, {info['width']}), features (B, "
           f"{info['feature_dim']}); largest difference from PyTorch {info['max_abs_diff']:.1e}")
 
@@ -341,7 +400,7 @@ def export_main(argv: list[str] | None = None) -> None:
 def ablate_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-ablate`."
     from deepminer.ablation import ABLATION_SIZE, RESULTS, SEEDS  # here: the ablation module loads pandas
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-ablate",
         description="Train and evaluate the paper's ablation variants (Figure 7, Tables 1-4) x seeds on the synthetic "
                     "benchmark at a CPU size; each result is cached in --results, and cached runs are skipped, so an "
@@ -357,6 +416,7 @@ def ablate_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/10_cli.ipynb #07118e6b
+@command("deepminer-ablate")
 def ablate_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-ablate`: run (the missing part of) the ablation grid and print its summary."
     from deepminer.ablation import PART_VARIANTS, TABLES, run_grid, summarize
@@ -368,10 +428,7 @@ def ablate_main(argv: list[str] | None = None) -> None:
         print("part attribution: " + ", ".join(PART_VARIANTS))
         return
     overrides = {k: v for k, v in (("root", args.root), ("epochs", args.epochs)) if v is not None}
-    try:
-        records = run_grid(args.variants, args.seeds, args.results, progress=not args.quiet, **overrides)
-    except ValueError as err:
-        parser.error(str(err))
+    records = run_grid(args.variants, args.seeds, args.results, progress=not args.quiet, **overrides)
     print(summarize(records).round(1).to_string())
     print(f"results cached in {args.results}")
 
@@ -379,7 +436,7 @@ def ablate_main(argv: list[str] | None = None) -> None:
 def reference_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-reference`."
     from deepminer.reference import REFERENCE_RESULTS, REFERENCE_RUNS, REFERENCE_SEEDS, REFERENCE_VARIANTS
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deepminer-reference",
         description="Train the reference models (Deep Miner and its tau = 1 control, ResNet-18 at 128x64 on the "
                     "synthetic set) until converged, resuming interrupted runs; cache each finished run in --results; "
@@ -394,23 +451,21 @@ def reference_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/10_cli.ipynb #c29950fa
+@command("deepminer-reference")
 def reference_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-reference`: train what the reference cache lacks, print the runs, write the trunk."
     from deepminer.reference import reference_table, run_references, save_trunk
     parser = reference_parser()
     args = parser.parse_args(argv)
     overrides = {"root": args.root} if args.root else {}
-    command = " ".join(["deepminer-reference", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        records = run_references(args.variants, args.seeds, args.runs, args.results, command, not args.quiet, **overrides)
-        print(reference_table(records))
-        if args.trunk:
-            source = next((r for r in records if (r["variant"], r["seed"]) == ("deep_miner", 0)), None)
-            if source is None:
-                raise ValueError("--trunk needs the seed-0 deep_miner run: include seed 0 and deep_miner")
-            keys = ("variant", "seed", "epochs", "mAP", "rank1", "commit", "date")
-            path = save_trunk(Path(args.runs) / "deep_miner-seed0" / "checkpoint.pt", args.trunk,
-                              {k: source[k] for k in keys})
-            print(f"trunk written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        parser.error(str(err))
+    command_line = " ".join(["deepminer-reference", *(argv if argv is not None else sys.argv[1:])])
+    records = run_references(args.variants, args.seeds, args.runs, args.results, command_line, not args.quiet, **overrides)
+    print(reference_table(records))
+    if args.trunk:
+        source = next((r for r in records if (r["variant"], r["seed"]) == ("deep_miner", 0)), None)
+        if source is None:
+            raise ValueError("--trunk needs the seed-0 deep_miner run: include seed 0 and deep_miner")
+        keys = ("variant", "seed", "epochs", "mAP", "rank1", "commit", "date")
+        path = save_trunk(Path(args.runs) / "deep_miner-seed0" / "checkpoint.pt", args.trunk,
+                          {k: source[k] for k in keys})
+        print(f"trunk written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")

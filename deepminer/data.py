@@ -597,8 +597,8 @@ def read_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # what PIL raises on bad files
         raise OSError(f"cannot read the image {path} ({type(err).__name__}: {err}); expected an image file PIL can "
-                      "decode (JPEG, PNG, BMP). Replace or delete it, or pass bad_images='skip' to leave "
-                      "unreadable images out with a warning") from err
+                      "decode (JPEG, PNG, BMP). Replace or delete it, or pass bad_images='skip' (--bad-images skip) to "
+                      "leave unreadable images out with a warning") from err
 
 # %% ../nbs/01_data.ipynb #c661e58b
 def _readable(records: list[Record]) -> list[Record]:

@@ -31,6 +31,7 @@ class FeatureExtractor(nn.Module):
         self.stem, self.stages = model.stem, model.stages
         self.ie_branches, self.local_branch = model.ie_branches, model.local_branch
         self.branch_names = model.branch_names                                        # 'global', 'ie1', …, 'local'
+        self.config = model.config                                                    # inspect checks the input size
         self.pools = nn.ModuleList(model.pools[name] for name in self.branch_names)
         self.necks = nn.ModuleList(model.heads[name].bn for name in self.branch_names)  # BNNeck's BatchNorm1d
         self.feature_dim = sum(model.feature_dims.values())
@@ -141,13 +142,16 @@ def export_model(model: DeepMiner, path: str | Path, format: str = "onnx", heigh
 
 # %% ../nbs/10a_export.ipynb #84050a01
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, format: str = "onnx",
-                      atol: float = 1e-4) -> dict:
+                      atol: float = 1e-4, replace: bool = False) -> dict:
     """Export the model of training checkpoint `checkpoint` (written by `deepminer.train.train`) as `format`
     ('onnx' or 'torchscript') at its training resolution, to `output` (default: the checkpoint's path with suffix
-    .onnx or .torchscript.pt), validated as `export_model` does. Returns `export_model`'s dict."""
+    .onnx or .torchscript.pt), validated as `export_model` does; an existing file is replaced only with `replace`.
+    Returns `export_model`'s dict."""
     format, checkpoint = check_format(format), Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {checkpoint}")
     model, config = load_model(checkpoint, "cpu")
     output = Path(output) if output is not None else checkpoint.with_name(checkpoint.stem + EXPORT_FORMATS[format])
+    if output.exists() and not replace:
+        raise FileExistsError(f"{output} exists: name it with --output (replace=True) to replace it, or choose another file")
     return export_model(model, output, format, height=config.height, width=config.width, atol=atol)

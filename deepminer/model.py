@@ -22,8 +22,8 @@ from .erase import ErO, check_tau
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file', 'build_resnet',
            'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
-           'DeepMinerConfig', 'make_heads', 'Inspection', 'DeepMiner', 'model_device', 'branch_summary',
-           'format_branch_table']
+           'DeepMinerConfig', 'check_input_size', 'check_images', 'make_heads', 'Inspection', 'DeepMiner',
+           'model_device', 'branch_summary', 'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -61,7 +61,10 @@ def _read_weights(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone_weights: no file at {path} (expected a torchvision ResNet state dict saved with torch.save)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # a text file, a truncated download, pickled code that weights_only refuses
+        raise ValueError(f"backbone_weights: {path} cannot be read as PyTorch weights: {str(err).splitlines()[0]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -221,6 +224,25 @@ class DeepMinerConfig:
             raise ValueError(f"unknown DeepMinerConfig options: {sorted(unknown)}")
         return cls(**d)
 
+# %% ../nbs/04_model.ipynb #68b9c506
+def check_input_size(config: DeepMinerConfig, height: int, width: int):
+    "Raise ValueError unless `height`×`width` images are large enough for the network `config` describes."
+    min_height, min_width = 16 * max(2, config.stripes if config.local_branch else 2), 32
+    if height < min_height or width < min_width:
+        stripes = f", and the local branch a row per stripe ({config.stripes})" if config.local_branch else ""
+        raise ValueError(f"a {height}x{width} input is too small for this network: it needs at least "
+                         f"{min_height}x{min_width} pixels (the backbone downsamples 16x{stripes})")
+
+
+def check_images(x: torch.Tensor, config: DeepMinerConfig) -> torch.Tensor:
+    "`x` itself if it is a batch of images (B, 3, H, W) large enough for `config`'s network; ValueError otherwise."
+    if torch.jit.is_tracing():          # an exported graph keeps no Python checks
+        return x
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    check_input_size(config, int(x.shape[2]), int(x.shape[3]))
+    return x
+
 # %% ../nbs/04_model.ipynb #c0cd98b0
 def make_heads(config: DeepMinerConfig, dim: int, num_classes: int) -> tuple[nn.ModuleDict, dict[str, int], nn.ModuleDict]:
     "Each branch's pooling, feature size and BNNeck, for last feature maps of `dim` channels: (pools, dims, heads)."
@@ -268,7 +290,7 @@ class DeepMiner(nn.Module):
 
     def inspect(self, x: torch.Tensor) -> Inspection:
         "Run the network on images `x` (B, 3, H, W) and return every branch's feature maps, Y_1…Y_4 and the erase masks."
-        y = self.stem(x)                                       # (B, 64, H/4, W/4)
+        y = self.stem(check_images(x, self.config))            # (B, 64, H/4, W/4)
         block_outputs = {}
         for i, stage in enumerate(self.stages, start=1):
             y = stage(y)                                       # Y_i: (B, C_i, H_i, W_i)

@@ -79,7 +79,9 @@ def re_ranking_block(num_query: int, num_gallery: int, k1: int = 20, k2: int = 6
 
 # %% ../nbs/07b_rerank.ipynb #0e7d548d
 def _square(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
-    "`x` as a float32 CPU tensor of `shape`, finite and non-negative, or an error naming `name`."
+    """`x` as a float32 CPU tensor of `shape`, finite and non-negative, or an error naming `name`. Negative entries
+    within rounding error of zero (down to -1e-5 times the largest distance, as squared Euclidean distances computed
+    through dot products have) are clamped to 0; real negatives are refused."""
     x = torch.as_tensor(x).detach().cpu().float()
     if tuple(x.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
@@ -87,7 +89,9 @@ def _square(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if not (low >= 0 and high < float("inf")):
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} holds NaN or infinite values; distances must be finite")
-        raise ValueError(f"{name} holds negative values; re_ranking needs distances >= 0")
+        if low < -1e-5 * max(1.0, float(high)):
+            raise ValueError(f"{name} holds negative values (down to {float(low):.3g}); re_ranking needs distances >= 0")
+        x = x.clamp_min(0)
     return x
 
 # %% ../nbs/07b_rerank.ipynb #3784810a

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -504,6 +505,28 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
                               "choose an empty or new folder — nothing there is deleted")
     return False
 
+
+def _set_files(config: SyntheticConfig, seed: int) -> list[Path]:
+    "Every file `make_synthetic_reid` writes for these settings, relative to the root."
+    _, _, specs = _plan(config, seed)
+    return [Path("synthetic.json")] + [path for s in specs for path in (
+        Path(s["folder"]) / s["name"], Path("parts") / s["folder"] / (Path(s["name"]).stem + ".png"))]
+
+
+def _remove_set(root: Path) -> list[Path]:
+    "Delete the synthetic set in `root` — its own files, then the folders left empty — and return what is left."
+    existing = json.loads((root / "synthetic.json").read_text())
+    try:
+        files = _set_files(SyntheticConfig(**existing["config"]), existing["seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise FileExistsError(f"{root}: cannot tell which files its synthetic set wrote ({err}); delete it yourself") from None
+    for path in files:
+        (root / path).unlink(missing_ok=True)
+    for folder in [*(Path("parts") / f for f in MARKET_FOLDERS), Path("parts"), *map(Path, MARKET_FOLDERS), Path(".")]:
+        if (root / folder).is_dir() and not any((root / folder).iterdir()):
+            (root / folder).rmdir()
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
 # %% ../nbs/00_synthetic.ipynb #f52531bb
 _PALETTE = [v for rgb in ((0, 0, 0), (230, 170, 60), (200, 40, 40), (40, 90, 200), (60, 170, 80), (170, 60, 190)) for v in rgb]
 
@@ -543,7 +566,13 @@ def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False
                     identities={split: [asdict(p) for p in ps] for split, ps in people.items()},
                     counts={folder: sum(s["folder"] == folder for s in specs) for folder in MARKET_FOLDERS})
     (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    if root.exists():
-        shutil.rmtree(root)  # only reached for a synthetic set with other settings and overwrite=True
-    tmp.rename(root)
+    if root.exists():  # only reached for a synthetic set with other settings and overwrite=True
+        _remove_set(root)
+    if not root.exists():
+        tmp.rename(root)
+    else:             # files of someone else's stay: move the new set in beside them
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            (root / path.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, root / path.relative_to(tmp))
+        shutil.rmtree(tmp)
     return root

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -18,19 +20,20 @@ from tqdm.auto import tqdm
 
 from torch.utils.data import DataLoader
 
-from .data import ReIDImages, build_dataloaders, build_dataset, build_transforms
+from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_dataset, build_transforms
 from .distributed import (barrier, broadcast_object, convert_sync_batchnorm, gather_batch, gather_objects,
                                    init_distributed)
 from .evaluate import evaluate
 from .losses import CENTER_REDUCTIONS, DeepMinerLoss
-from .model import BranchOutput, DeepMiner, DeepMinerConfig
+from .model import BranchOutput, DeepMiner, DeepMinerConfig, check_input_size
 from .synthetic import make_synthetic_reid
 
 # %% auto #0
-__all__ = ['RECIPE_NAMES', 'RESUMABLE_CHANGES', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE', 'TrainConfig', 'check_train_config',
-           'lr_at_epoch', 'pick_device', 'seed_everything', 'rng_states', 'set_rng_states', 'save_checkpoint',
-           'load_checkpoint', 'Checkpointing', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'LogFile',
-           'format_epoch', 'ProgressBar', 'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingLoop',
+__all__ = ['RECIPE_NAMES', 'FAULT_ACTIONS', 'SYNTHETIC_ROOT', 'RESUMABLE_CHANGES', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE',
+           'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'seed_everything', 'rng_states',
+           'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'fault_point', 'Checkpointing', 'CancelBatch',
+           'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
+           'TrainingDiverged', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'EpochTotals', 'TrainingLoop',
            'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting',
            'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config',
            'train_with_baseline', 'format_comparison']
@@ -49,8 +52,8 @@ class TrainConfig:
     P: int = 16                           # identities per batch
     K: int = 4                            # images per identity
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
-    # the network (04_model)
-    model: DeepMinerConfig = field(default_factory=DeepMinerConfig)
+    bad_images: str = "raise"             # an unreadable image: "raise" names it, "skip" leaves it out (and says so)
+    model: DeepMinerConfig = field(default_factory=DeepMinerConfig)   # the network (04_model)
     # optimisation
     epochs: int = 120
     lr: float = 3.5e-4
@@ -77,10 +80,7 @@ class TrainConfig:
     recipe: str | None = None             # the recipe it was made from (`recipe`); None: made by hand
 
     def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = DeepMinerConfig.from_dict(self.model)
-        if not isinstance(self.model, DeepMinerConfig):
-            raise ValueError(f"model must be a DeepMinerConfig or a dict of its fields, got {self.model!r}")
+        self.model = DeepMinerConfig.from_dict(self.model) if isinstance(self.model, dict) else self.model
         self.milestones = tuple(self.milestones)
         check_train_config(self)
 
@@ -104,6 +104,8 @@ RECIPE_NAMES = ("cpu", "strong", "paper")  # see `recipe`
 
 def check_train_config(config: TrainConfig):
     "Raise ValueError naming the first bad training setting of `config`."
+    if not isinstance(config.model, DeepMinerConfig):
+        raise ValueError(f"model must be a DeepMinerConfig or a dict of its fields, got {config.model!r}")
     for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
         value, least = getattr(config, name), 0 if name == "warmup_epochs" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -111,6 +113,22 @@ def check_train_config(config: TrainConfig):
     for name in ("lr", "warmup_start_lr", "center_lr"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    for name, low, high, what in (("gamma", 0, 1, "(0, 1]: the factor of each decay"),
+                                  ("label_smoothing", 0, 1, "[0, 1): epsilon of eq. (4)")):
+        value = getattr(config, name)
+        if not (low < value <= high if name == "gamma" else low <= value < high):
+            raise ValueError(f"{name} must lie in {what}, got {value!r}")
+    for name in ("weight_decay", "center_weight"):
+        if not getattr(config, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    m = config.milestones
+    if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
+        raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
+    if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
+        raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
+    if config.bad_images not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {config.bad_images!r}")
+    check_input_size(config.model, config.height, config.width)
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {config.eval_every}")
     if config.device not in ("auto", "cpu", "cuda", "mps"):
@@ -139,7 +157,7 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for, but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'")
+        raise ValueError("device='cuda' (--device cuda) was asked for, but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -171,22 +189,56 @@ def set_rng_states(states: dict):
 
 # %% ../nbs/06_train.ipynb #49bc2742
 def save_checkpoint(path: str | Path, state: dict):
-    "Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed."
+    """Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed. If the
+    write fails or is interrupted, the temporary file is removed and `path` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            fault_point("checkpoint-write")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    "Read a checkpoint written by `save_checkpoint`, with `weights_only=True`; a missing file names the path."
+    "Read a checkpoint written by `save_checkpoint`, with `weights_only=True`; a missing or damaged file names the path."
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:   # truncated, damaged, or pickled code that weights_only refuses
+        raise ValueError(f"{path} cannot be read as a checkpoint (truncated, damaged, or not written by "
+                         f"deepminer-train): {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a deepminer-train checkpoint")
+    return state
+
+# %% ../nbs/06_train.ipynb #643dc3ab
+FAULT_ACTIONS = ("sigint", "sigkill", "error")
+_fault_passes: dict[str, int] = {}
+
+
+def fault_point(name: str):
+    """A named point where tests inject a fault: with DEEPMINER_FAULT='<action>@<name>[:<n>]' the `n`-th pass (default
+    1) here sends this process SIGINT or SIGKILL, or raises OSError ('error'). Otherwise it does nothing."""
+    spec = os.environ.get("DEEPMINER_FAULT")
+    if not spec:
+        return
+    action, _, where = spec.partition("@")
+    point, _, n = where.partition(":")
+    if point != name or action not in FAULT_ACTIONS:
+        return
+    _fault_passes[name] = _fault_passes.get(name, 0) + 1
+    if _fault_passes[name] == int(n or 1):
+        if action == "error":
+            raise OSError(f"a fault injected at {name} (DEEPMINER_FAULT={spec})")
+        os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGKILL)
 
 # %% ../nbs/06_train.ipynb #2a60bc40
 class Checkpointing:
@@ -221,6 +273,12 @@ class Checkpointing:
             set_rng_states(ranks[0])
             if self.rank > 0:
                 seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
+
+    def kept(self) -> str:
+        "What a run that stops now leaves behind: its last checkpoint, if any."
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return "no checkpoint was written yet"
+        return f"the checkpoint of epoch {self.epoch} is kept in {self.checkpoint_path}"
 
     def write_checkpoint(self):
         "Save `state_dict()` to `checkpoint_path` (the main process writes; every process takes part in gathering)."
@@ -301,6 +359,10 @@ class ProgressBar(Callback):
     def on_epoch_end(self, trainer, logs):
         trainer.batches.close()
 
+    def on_train_end(self, trainer):  # an epoch that ended by an exception leaves its bar open
+        if hasattr(getattr(trainer, "batches", None), "close"):
+            trainer.batches.close()
+
 # %% ../nbs/06_train.ipynb #3aa46595
 class TrainingSteps:
     """One training batch in overridable steps: `forward_loss` → `zero_grad` → `backward` → `optimizer_step`.
@@ -350,6 +412,32 @@ class TrainingSteps:
 # %% ../nbs/06_train.ipynb #20aada30
 class TrainingDiverged(RuntimeError):
     "Raised when the loss becomes NaN or infinite; the run folder keeps the last good checkpoint."
+
+
+class TrainingInterrupted(Exception):
+    "Raised at a batch's end after Ctrl-C (SIGINT); the run folder keeps the last epoch's checkpoint."
+
+
+class InterruptAtBatchEnd:
+    """While entered (in the main thread), the first Ctrl-C only sets `requested`, for the training loop to stop at the
+    end of its batch; a second one interrupts at once (KeyboardInterrupt). Elsewhere it never requests."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class EpochTotals:
@@ -405,37 +493,37 @@ class TrainingLoop:
                     self._call("on_batch_end", {**logs, "lr": lr})
                 except CancelBatch:
                     pass
+                fault_point("batch")
+                if self.interrupt.requested:                      # Ctrl-C: stop at this batch's end
+                    raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step}; {self.kept()}"
+                                              + ("; resume=True (--resume) continues from it" if self.epoch else ""))
         except CancelEpoch:
             pass
-        self._check_finite(totals)
+        bad = totals.first_non_finite()
+        if bad is not None:
+            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {self.epoch + 1}, step "
+                                   f"{self.step - len(totals.losses) + bad[0] + 1}; {self.kept()}. "
+                                   f"Lower the learning rate (lr={self.config.lr}) or check the data.")
         logs = {"epoch": self.epoch + 1, "lr": lr, **totals.means(), "seconds": time.perf_counter() - start}
         self.epoch += 1
         self.history.append(logs)
         self._call("on_epoch_end", logs)
         return logs
 
-    def _check_finite(self, totals: EpochTotals):
-        "Raise `TrainingDiverged` if a loss of this epoch was not finite; the checkpoint on disk is left as it was."
-        bad = totals.first_non_finite()
-        if bad is not None:
-            kept = f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept" \
-                if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {self.epoch + 1}, step "
-                                   f"{self.step - len(totals.losses) + bad[0] + 1}; {kept}. "
-                                   f"Lower the learning rate (lr={self.config.lr}) or check the data.")
-
     def fit(self) -> dict:
-        "Train until `config.epochs` (or until a callback stops it), evaluating and checkpointing; the final metrics."
+        "Train until `config.epochs` (or a callback's stop), checkpointing and evaluating; Ctrl-C: `TrainingInterrupted`."
         config = self.config
         try:
-            self._call("on_train_begin")
-            while self.epoch < config.epochs and not self.stop_training:
-                self.train_epoch()
-                if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
+            with InterruptAtBatchEnd() as self.interrupt:
+                self._call("on_train_begin")
+                while self.epoch < config.epochs and not self.stop_training:
+                    self.train_epoch()
+                    self.write_checkpoint()            # first: an evaluation that fails must not cost the epoch
+                    if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
+                        self.evaluate()
+                        self.write_checkpoint()        # again, with the evaluation in the history
+                if not self.metrics:  # a finished run resumed: nothing left to train
                     self.evaluate()
-                self.write_checkpoint()
-            if not self.metrics:  # a finished run resumed: nothing left to train
-                self.evaluate()
         except CancelFit:
             pass
         finally:
@@ -443,19 +531,27 @@ class TrainingLoop:
         return self.metrics
 
 # %% ../nbs/06_train.ipynb #e968ceef
+SYNTHETIC_ROOT = "data/synthetic"  # the embedded default: generated here when missing (and only here)
+
+
 def prepare_data(config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  progress: bool = True):
-    "The dataset of `config` and its loaders for process `rank` of `world_size` (the synthetic set is made if missing)."
+    """The dataset of `config` and its loaders for process `rank` of `world_size`. The synthetic set is made if it is
+    missing at `SYNTHETIC_ROOT`; at any other root a missing set is an error (a mistyped path makes nothing)."""
     root = Path(config.root)
-    if config.dataset == "synthetic" and not root.exists() and rank == 0:
-        make_synthetic_reid(root, seed=0, progress=progress)
+    if config.dataset == "synthetic" and not root.exists():
+        if root != Path(SYNTHETIC_ROOT):
+            raise FileNotFoundError(f"no synthetic set at {root}: write one with deepminer-synth {root} (only the "
+                                    f"default, {SYNTHETIC_ROOT}, is generated when missing)")
+        if rank == 0:
+            make_synthetic_reid(root, seed=0, progress=progress)
     barrier()                                   # the others wait for the main process's data
     dataset = build_dataset(config.dataset, root)
     workers = config.num_workers if config.num_workers is not None else (4 if device.type == "cuda" else 0)
     augment = dict(flip_p=0.5, pad=10 if config.pad_crop else 0, erasing_p=0.5) if config.augment else \
         dict(flip_p=0, pad=0, erasing_p=0)
     loaders = build_dataloaders(dataset, config.height, config.width, config.P, config.K, num_workers=workers,
-                                seed=config.seed, num_replicas=world_size, rank=rank, **augment)
+                                seed=config.seed, num_replicas=world_size, rank=rank, bad_images=config.bad_images, **augment)
     return dataset, loaders
 
 # %% ../nbs/06_train.ipynb #a24e1a9d
@@ -500,9 +596,11 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
         self.center_optimizer = torch.optim.SGD(self.criterion.parameters(), lr=config.center_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch, self.step, self.history, self.metrics, self.stop_training = 0, 0, [], {}, False
+        self.interrupt = InterruptAtBatchEnd()   # entered by `fit`
 
     def evaluate(self) -> dict:
         "Evaluate the model on the query and gallery sets (metrics in percent); recorded in the current epoch's log."
+        fault_point("evaluate")
         if self.is_main:
             self.metrics = evaluate(self.model, self.loaders.query, self.loaders.gallery, flip=self.config.eval_flip,
                                     device=self.device, progress=self.progress)
@@ -525,9 +623,11 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
     `resume`, continue from `output`/checkpoint.pt. Returns metrics.json's content."""
     output = Path(output)
     checkpoint = output / "checkpoint.pt"
-    if checkpoint.exists() and not resume:
-        raise FileExistsError(f"{output} already holds a run (checkpoint.pt): resume it (resume=True, --resume) "
-                              "or choose another output folder")
+    if not resume:
+        for name in ("checkpoint.pt", "config.json"):
+            if (output / name).exists():
+                raise FileExistsError(f"{output} already holds a run ({name}): resume it (resume=True, --resume) "
+                                      "or choose another output folder")
     if resume and not checkpoint.exists():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
     state = load_checkpoint(checkpoint) if resume else None
@@ -538,12 +638,16 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
             raise ValueError(f"cannot resume {output} with other settings: "
                              + ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
     trainer = Trainer(config, output, callbacks=callbacks, progress=progress)
-    if trainer.is_main:  # under torchrun only the main process writes
+    if state is not None:
+        trained = state["model"]["heads.global.classifier.weight"].shape[0]
+        if trained != trainer.num_classes:
+            raise ValueError(f"cannot resume {output}: it was trained on {trained} identities, but {config.root} now "
+                             f"has {trainer.num_classes} training identities")
+        trainer.load_state_dict(state)
+    if trainer.is_main:  # under torchrun only the main process writes; config.json once the run can start
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         trainer.callbacks = sorted([LogFile(output / "log"), *trainer.callbacks], key=lambda c: c.order)
-    if state is not None:
-        trainer.load_state_dict(state)
     start = time.perf_counter()
     metrics = trainer.fit()
     result = {**metrics, "epochs": trainer.epoch, "train_seconds_this_process": round(time.perf_counter() - start, 1),
@@ -570,22 +674,24 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root: str | Path | None = None,
                         flip: bool = False, rerank: bool = False, normalize: str = "none", metric: str = "euclidean",
                         plots_dir: str | Path | None = None, batch_size: int = 128, device: str = "auto",
-                        progress: bool = True) -> dict[str, float]:
+                        progress: bool = True, bad_images: str = "raise") -> dict[str, float]:
     """mAP, mINP and Rank-1/5/10 (percent) of the model in `checkpoint` on the query/gallery of `dataset` at `root`
-    (default: those it was trained on), at the training resolution; see `deepminer.evaluate.evaluate`."""
+    (default: those it was trained on), at the training resolution; see `deepminer.evaluate.evaluate`. `bad_images`:
+    as in `ReIDImages` ('skip' leaves unreadable test images out, with a warning that counts them)."""
     device = pick_device(device)
     model, config = load_model(checkpoint, device)
     data = build_dataset(dataset or config.dataset, root or config.root)
     transform = build_transforms(config.height, config.width, train=False)
-    loaders = [DataLoader(ReIDImages(records, transform), batch_size=batch_size) for records in (data.query, data.gallery)]
+    query, gallery = (ReIDImages(records, transform, bad_images=bad_images) for records in (data.query, data.gallery))
+    loaders = [DataLoader(images, batch_size=batch_size) for images in (query, gallery)]
     return evaluate(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank, device=device,
-                    progress=progress, plots_dir=plots_dir, query_images=[r.path for r in data.query],
-                    gallery_images=[r.path for r in data.gallery])
+                    progress=progress, plots_dir=plots_dir, query_images=[r.path for r in query.records],
+                    gallery_images=[r.path for r in gallery.records])
 
 # %% ../nbs/06_train.ipynb #be44b824
 CPU_EPOCHS = 20
 RECIPES = {
-    "cpu": dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=16, K=4,
+    "cpu": dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backbone="resnet18"), height=64, width=32, P=16, K=4,
                 epochs=CPU_EPOCHS, lr=1e-3, warmup_epochs=2, warmup_start_lr=1e-4, milestones=(CPU_EPOCHS - 3,),
                 eval_every=0),
     "strong": dict(model=dict(pretrained=True)),

@@ -390,3 +390,19 @@ def test_plot_helpers(tmp_path):
     assert sorted(written) == ["cmc", "distances"] and all(p.read_bytes()[:4] == b"\x89PNG" for p in written.values())
     with pytest.raises(ValueError, match="queries must be indices in 0 … 1"):
         plot_ranked_lists(d, [1, 2], [1, 2, 3], [0, 0], [1, 1, 1], [None] * 2, [None] * 3, queries=[5])
+
+
+def test_re_ranking_clamps_rounding_negatives_and_refuses_real_ones():
+    rng = np.random.default_rng(5)
+    q_g, q_q, g_g = random_distances(rng, 4, 6, integer=False)
+    q_q, g_g = q_q.copy(), g_g.copy()
+    np.fill_diagonal(q_q, 0.0)
+    np.fill_diagonal(g_g, 0.0)
+    exact = re_ranking(q_g, q_q, g_g)
+    noisy_q_q, noisy_g_g = q_q.copy(), g_g.copy()
+    np.fill_diagonal(noisy_q_q, -1e-7)                 # what squared distances through dot products give
+    np.fill_diagonal(noisy_g_g, -3e-7)
+    assert torch.equal(re_ranking(q_g, noisy_q_q, noisy_g_g), exact)
+    with pytest.raises(ValueError, match=r"g_g holds negative values \(down to -0.5\)"):
+        np.fill_diagonal(noisy_g_g, -0.5)
+        re_ranking(q_g, q_q, noisy_g_g)
