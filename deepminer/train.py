@@ -456,6 +456,13 @@ class EpochTotals:
         for name, output in outputs.items():
             self.correct[name] = self.correct.get(name, 0) + (output.logits.argmax(1) == pids).sum()
 
+    def check_finite(self, epoch: int, step: int, advice: str):
+        "Raise `TrainingDiverged` naming the first step of `epoch` (now at `step`) whose loss was not finite, if any."
+        bad = self.first_non_finite()
+        if bad is not None:
+            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {epoch}, step "
+                                   f"{step - len(self.losses) + bad[0] + 1}; {advice}")
+
     def first_non_finite(self) -> tuple[int, float] | None:
         "(index, value) of the first batch whose loss was NaN or infinite, or None."
         if not self.losses:
@@ -499,11 +506,8 @@ class TrainingLoop:
                                               + ("; resume=True (--resume) continues from it" if self.epoch else ""))
         except CancelEpoch:
             pass
-        bad = totals.first_non_finite()
-        if bad is not None:
-            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {self.epoch + 1}, step "
-                                   f"{self.step - len(totals.losses) + bad[0] + 1}; {self.kept()}. "
-                                   f"Lower the learning rate (lr={self.config.lr}) or check the data.")
+        totals.check_finite(self.epoch + 1, self.step, f"{self.kept()}. Lower the learning rate (lr={self.config.lr}) "
+                            "or check the data.")
         logs = {"epoch": self.epoch + 1, "lr": lr, **totals.means(), "seconds": time.perf_counter() - start}
         self.epoch += 1
         self.history.append(logs)
@@ -516,13 +520,16 @@ class TrainingLoop:
         try:
             with InterruptAtBatchEnd() as self.interrupt:
                 self._call("on_train_begin")
-                while self.epoch < config.epochs and not self.stop_training:
+                due = lambda epoch: epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0)
+                while True:
+                    if self.history and due(self.epoch) and "eval/mAP" not in self.history[-1]:
+                        self.evaluate()                # due and not done (a resumed run redoes one that failed)
+                        self.write_checkpoint()
+                    if self.epoch >= config.epochs or self.stop_training:
+                        break
                     self.train_epoch()
-                    self.write_checkpoint()            # first: an evaluation that fails must not cost the epoch
-                    if self.epoch == config.epochs or (config.eval_every and self.epoch % config.eval_every == 0):
-                        self.evaluate()
-                        self.write_checkpoint()        # again, with the evaluation in the history
-                if not self.metrics:  # a finished run resumed: nothing left to train
+                    self.write_checkpoint()            # before the evaluation: one that fails must not cost the epoch
+                if not self.metrics:  # stopped before any evaluation
                     self.evaluate()
         except CancelFit:
             pass
