@@ -158,6 +158,9 @@ def check_root(root: str | Path, reader: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{reader}: no dataset folder at {root}")
+    if root.name == "parts" and (root.parent / "synthetic.json").is_file():   # same layout, but label maps
+        raise ValueError(f"{reader}: {root} holds the part labels of the synthetic set {root.parent}, not its images: "
+                         f"pass {root.parent} as the root")
     return root
 
 
@@ -166,7 +169,8 @@ def require(root: Path, reader: str, needed: Sequence[str], expected: str):
     missing = [name for name in needed if not (root / name).exists()]
     if not missing:
         return
-    fits = [d for d in sorted(root.iterdir()) if d.is_dir() and all((d / name).exists() for name in needed)]
+    fits = [d for d in sorted(root.iterdir()) if d.is_dir() and all((d / name).exists() for name in needed)
+            and not (d.name == "parts" and (root / "synthetic.json").is_file())]
     hint = f" The folder {fits[0]} has this layout: pass it as the root." if fits else ""
     raise FileNotFoundError(f"{reader}: {root} is not in the expected layout, it lacks {', '.join(missing)}. "
                             f"Expected: {expected}.{hint}")

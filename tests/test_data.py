@@ -620,3 +620,16 @@ def test_reads_what_the_synthetic_generator_writes(tmp_path):
     manifest = __import__("json").loads((root / "synthetic.json").read_text())["counts"]
     assert counts["train"]["images"] == manifest["bounding_box_train"]
     assert counts["gallery"]["images"] == manifest["bounding_box_test"] - 2               # junk dropped
+
+
+def test_synthetic_part_labels_are_never_read_as_images(tmp_path):
+    from deepminer.synthetic import make_synthetic_reid
+    root = make_synthetic_reid(tmp_path / "syn", train_ids=4, test_ids=4, cameras=3, distractors=2, junk=1, progress=False)
+    for image in (root / "query").iterdir():      # parts/ still has the whole layout (of label maps)
+        image.unlink()
+    (root / "query").rmdir()
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("market1501", root)
+    assert "lacks query/" in str(err.value) and "parts" not in str(err.value)   # no hint towards parts/
+    with pytest.raises(ValueError, match="holds the part labels of the synthetic set"):
+        build_dataset("market1501", root / "parts")
