@@ -5,6 +5,7 @@
 # %% ../nbs/10a_export.ipynb #fc72a72e
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .model import DeepMiner, model_device
 from .train import load_model
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'ONNX_OPSET', 'FeatureExtractor', 'check_format', 'load_exported', 'export_model',
+__all__ = ['EXPORT_FORMATS', 'ONNX_OPSET', 'FeatureExtractor', 'check_format', 'require_onnx', 'load_exported', 'export_model',
            'export_checkpoint']
 
 # %% ../nbs/10a_export.ipynb #13284990
@@ -52,6 +53,16 @@ def check_format(format: str) -> str:
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
     return format
+
+
+def require_onnx():
+    "Raise ImportError naming the `pip install` that fixes it, unless onnx (to write) and onnxruntime (to check) import."
+    for module in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ImportError(f"an ONNX export needs {module}: pip install onnx onnxruntime (or use the torchscript "
+                              "format)") from None
 
 
 def _export_onnx(extractor: nn.Module, example: torch.Tensor, path: Path, opset: int):
@@ -112,8 +123,10 @@ def export_model(model: DeepMiner, path: str | Path, format: str = "onnx", heigh
     for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if format == "onnx":
+        require_onnx()
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
+    existed, was_training = path.exists(), model.training
     extractor = FeatureExtractor(model).eval()   # sets the shared modules to eval mode
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
@@ -133,10 +146,14 @@ def export_model(model: DeepMiner, path: str | Path, format: str = "onnx", heigh
                     raise RuntimeError(f"{path}: exported model gives features of shape {tuple(got.shape)} for "
                                        f"{b} images, PyTorch {tuple(expected.shape)}")
                 diff = max(diff, (got - expected).abs().max().item())
+        if not diff <= atol:
+            raise RuntimeError(f"{path}: the exported {format} model differs from PyTorch by up to {diff:.3g} (> atol={atol})")
+    except BaseException:
+        if not existed:              # a file that failed its check is not left behind
+            path.unlink(missing_ok=True)
+        raise
     finally:
         model.train(was_training)
-    if not diff <= atol:
-        raise RuntimeError(f"{path}: the exported {format} model differs from PyTorch by up to {diff:.3g} (> atol={atol})")
     return dict(path=str(path), format=format, height=height, width=width, feature_dim=extractor.feature_dim,
                 max_abs_diff=diff, check_batch_sizes=tuple(check_batch_sizes))
 

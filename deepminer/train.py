@@ -638,6 +638,9 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
     if resume and not checkpoint.exists():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
     state = load_checkpoint(checkpoint) if resume else None
+    if state is not None and not {"config", "model", "epoch", "optimizer"} <= set(state):
+        raise ValueError(f"cannot resume: {checkpoint} is not a deepminer-train checkpoint (it lacks "
+                         f"{sorted({'config', 'model', 'epoch', 'optimizer'} - set(state))})")
     if state is not None:
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         changed = {k: (saved[k], v) for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE_CHANGES}

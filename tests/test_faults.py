@@ -1,0 +1,432 @@
+"""Fault injection through the console scripts, each run in a subprocess: bad options; missing, damaged, foreign or
+existing files; unreadable images; Ctrl-C, SIGKILL and errors at chosen points (DEEPMINER_FAULT); a missing optional
+package. Every case checks the exit status, that an error is one line on stderr, that no traceback is printed, and
+that the files that were there before the command are byte-identical after it (unless its flags named them).
+
+A subprocess spends about 4 s importing torch and torchvision, so the commands that must stop at once (REFUSALS) are
+started when the module's first test starts, one at a time in a background thread, and checked at the end: the other
+tests (training runs, mostly) use the second core meanwhile."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepminer.data import RandomIdentitySampler, build_dataset
+from deepminer.synthetic import make_synthetic_reid
+from deepminer.train import load_checkpoint
+
+TINY = dict(seed=0, train_ids=6, test_ids=4, cameras=3, distractors=3, junk=2)   # the synthetic set's sizes
+TINY_FLAGS = ["--no-baseline", "--quiet", "--P", "3", "--K", "2", "--height", "64", "--width", "32",
+              "--backbone", "resnet18", "--ie-after", "--no-local", "--no-sam", "--no-cham"]
+# the last four: the global branch alone, for speed (a 134 MB checkpoint instead of Deep Miner's 463 MB, written and
+# fsynced at every epoch); nothing tested here depends on the branches
+SYNTH_SIZES = ["--train-ids", "6", "--test-ids", "4", "--cameras", "3", "--distractors", "3", "--junk", "2", "--quiet"]
+
+
+# ------------------------------------------------------------------ helpers
+
+def run(script: str, *args, env: dict | None = None, prelude: str = "", cwd: Path | None = None
+        ) -> subprocess.CompletedProcess:
+    """Run console script `deepminer-<script>` with `args` in a subprocess, after Python code `prelude`, with `env`
+    added to a clean environment (no DEEPMINER_FAULT or DEEPMINER_DEBUG), in `cwd` (default: the test's tmp_path)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEEPMINER_FAULT", "DEEPMINER_DEBUG")}
+    code = f"{prelude}from deepminer.cli import {script}_main; {script}_main()"
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
+                            env={**clean, **(env or {})}, cwd=cwd)
+    result.prog = f"deepminer-{script}"
+    return result
+
+
+def no_traceback(result: subprocess.CompletedProcess):
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+
+
+def succeeded(result: subprocess.CompletedProcess):
+    "Assert that the command exited 0 without a traceback."
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+
+
+def one_line_error(result: subprocess.CompletedProcess, status: int = 2, *needles: str) -> str:
+    """Assert that the command exited with `status` and said why in one line on stderr, `<prog>: error: <message>`
+    (`<prog>: <message>` for Ctrl-C, 130), holding each of `needles`; return that line."""
+    no_traceback(result)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"not one line on stderr: {result.stderr!r}"
+    assert result.returncode == status, f"exit {result.returncode}, not {status}: {lines[0]}"
+    prefix = f"{result.prog}: " + ("" if status == 130 else "error: ")
+    assert lines[0].startswith(prefix) and len(lines[0]) > len(prefix), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    "{path relative to `folder`: SHA-256 of its bytes} for every file below it, and 'folder' for every folder."
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def unchanged(before: dict[str, str], folder: Path):
+    "Assert that every file and folder of snapshot `before` is still in `folder`, byte-identical (new ones may appear)."
+    after = snapshot(folder)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"changed or removed in {folder}: {changed}"
+
+
+def train_args(root, output, epochs: int = 1, *more) -> list:
+    "deepminer-train's arguments for a tiny run of `epochs` on the synthetic set at `root`, in run folder `output`."
+    return ["--root", root, "--output", output, "--epochs", epochs, *TINY_FLAGS, *more]
+
+
+def copy_run(run_folder: Path, to: Path, checkpoint: bool = True) -> Path:
+    "A copy of `run_folder` at `to` (without its checkpoint.pt unless `checkpoint`)."
+    return Path(shutil.copytree(run_folder, to, ignore=None if checkpoint else shutil.ignore_patterns("checkpoint.pt")))
+
+
+def copy_set(root: Path, to: Path, lose_an_identity: bool = False) -> Path:
+    "A copy of the set at `root`, at `to`; `lose_an_identity`: without any training image of its first identity."
+    to = Path(shutil.copytree(root, to))
+    if lose_an_identity:
+        pid = sorted(p.name for p in (to / "bounding_box_train").glob("*.jpg"))[0][:4]
+        for image in (to / "bounding_box_train").glob(f"{pid}_*.jpg"):
+            image.unlink()
+    return to
+
+
+def first_training_image(root: Path) -> Path:
+    "The image the tiny run's first training batch loads first (so that a damaged copy of it is read in epoch 1)."
+    train = build_dataset("synthetic", root).train
+    return Path(train[next(iter(RandomIdentitySampler(train, P=3, K=2, seed=0)))].path)
+
+
+class PickledCode:
+    "Unpickling it runs os.makedirs(marker): the kind of code a checkpoint must not be able to run when it is read."
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def write_not_a_checkpoint(path: Path, kind: str, trained: Path):
+    "Write a checkpoint.pt that is not one: the first 1000 bytes of a real one, a tensor, a dict, or pickled code."
+    if kind == "truncated":
+        with open(trained / "checkpoint.pt", "rb") as f:
+            path.write_bytes(f.read(1000))
+    else:
+        marker = path.parent / "the-pickled-code-ran"     # must never appear: the case's folder is watched
+        content = {"tensor": torch.zeros(3), "dict": {"a": 1},
+                   "pickled code": {"epoch": 1, "model": PickledCode(marker)}}[kind]
+        torch.save(content, path)
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    "Every command runs in the test's own folder, so that a default path (runs/, data/) never lands in the repository."
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory) -> Path:
+    "A tiny synthetic set, in Market-1501's layout. No test changes it."
+    return make_synthetic_reid(tmp_path_factory.mktemp("data") / "tiny", progress=False, **TINY)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_set, tmp_path_factory) -> Path:
+    "A run folder of one epoch on the tiny set. No test changes it: copy it first (copy_run)."
+    run_folder = tmp_path_factory.mktemp("runs") / "tiny"
+    succeeded(run("train", *train_args(tiny_set, run_folder), cwd=run_folder.parent))
+    return run_folder
+
+
+# ------------------------------------------------------------------ Ctrl-C, SIGKILL and errors at chosen points
+
+def test_ctrl_c_in_the_first_epoch_stops_with_130_and_no_checkpoint(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *train_args(tiny_set, out), env={"DEEPMINER_FAULT": "sigint@batch:1"})
+    one_line_error(result, 130, "interrupted at epoch 1", "no checkpoint was written yet")
+    assert not (out / ".checkpoint.pt.tmp").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_in_the_second_epoch_keeps_the_first_and_resume_finishes(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    # SIGINT while epoch 1's checkpoint is written: the checkpoint completes, the run stops at epoch 2's first batch end
+    result = run("train", *train_args(tiny_set, out, 2), env={"DEEPMINER_FAULT": "sigint@checkpoint-write:1"})
+    one_line_error(result, 130, "interrupted at epoch 2", "checkpoint of epoch 1", "--resume")
+    assert not (out / ".checkpoint.pt.tmp").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    config = (out / "config.json").read_bytes()
+    succeeded(run("train", *train_args(tiny_set, out, 2), "--resume"))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2 and (out / "metrics.json").is_file()
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_sigkill_while_writing_the_second_checkpoint_keeps_the_first(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *train_args(tiny_set, out, 2), env={"DEEPMINER_FAULT": "sigkill@checkpoint-write:2"})
+    no_traceback(result)
+    assert result.returncode == -9, result.stderr
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert not (out / "metrics.json").exists()
+    succeeded(run("train", *train_args(tiny_set, out, 2), "--resume"))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert not (out / ".checkpoint.pt.tmp").exists()
+
+
+def test_an_error_in_the_evaluation_keeps_the_epochs_checkpoint(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *train_args(tiny_set, out, 1, "--eval-every", "1"), env={"DEEPMINER_FAULT": "error@evaluate"})
+    one_line_error(result, 2, "a fault injected at evaluate")
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert not (out / "metrics.json").exists()
+
+
+def test_an_error_while_writing_the_checkpoint_leaves_no_temporary_file(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *train_args(tiny_set, out), env={"DEEPMINER_FAULT": "error@checkpoint-write"})
+    one_line_error(result, 2, "a fault injected at checkpoint-write")
+    assert not (out / ".checkpoint.pt.tmp").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_resume_on_a_set_that_lost_an_identity_is_refused(tiny_set, tmp_path):
+    root, out = copy_set(tiny_set, tmp_path / "set"), tmp_path / "run"
+    succeeded(run("train", *train_args(root, out)))
+    shutil.rmtree(root)
+    copy_set(tiny_set, root, lose_an_identity=True)          # the same root, one identity fewer
+    before = snapshot(out)
+    one_line_error(run("train", *train_args(root, out, 2), "--resume"), 2, "was trained on 6 identities",
+                   "5 training identities")
+    assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------ unreadable images
+
+def test_an_unreadable_training_image_is_named(tiny_set, tmp_path):
+    root = copy_set(tiny_set, tmp_path / "set")
+    image = first_training_image(root)
+    image.write_bytes(b"")
+    before = snapshot(root)
+    one_line_error(run("train", *train_args(root, tmp_path / "run")), 2, image.name, "--bad-images skip")
+    assert snapshot(root) == before
+
+
+def test_bad_images_skip_leaves_the_unreadable_image_out_and_says_so(tiny_set, tmp_path):
+    root = copy_set(tiny_set, tmp_path / "set")
+    image = first_training_image(root)
+    image.write_bytes(image.read_bytes()[:100])
+    result = run("train", *train_args(root, tmp_path / "run", 1, "--bad-images", "skip"))
+    succeeded(result)
+    warnings = [line for line in result.stderr.splitlines() if "left out" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("deepminer-train: warning: left out 1 unreadable image(s)")
+    assert image.name in warnings[0]
+
+
+def test_an_unreadable_query_image_fails_the_evaluation_not_the_epoch(tiny_set, tmp_path):
+    root, out = copy_set(tiny_set, tmp_path / "set"), tmp_path / "run"
+    query = sorted((root / "query").glob("*.jpg"))[0]
+    query.write_bytes(query.read_bytes()[:100])
+    one_line_error(run("train", *train_args(root, out)), 2, query.name, "--bad-images skip")
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1          # the epoch's work is kept
+    before = snapshot(out)
+    result = run("eval", "--checkpoint", out / "checkpoint.pt", "--bad-images", "skip", "--quiet")
+    succeeded(result)
+    assert "deepminer-eval: warning: left out 1 unreadable image(s)" in result.stderr
+    assert (out / "eval" / "metrics.json").is_file()
+    unchanged(before, out)
+
+
+# ------------------------------------------------------------------ what a command may write, and may not overwrite
+
+def test_eval_writes_a_new_folder_each_time(trained, tmp_path):
+    out = copy_run(trained, tmp_path / "run")
+    succeeded(run("eval", "--checkpoint", out / "checkpoint.pt", "--quiet"))
+    assert (out / "eval" / "metrics.json").is_file()
+    before = snapshot(out)
+    result = run("eval", "--checkpoint", out / "checkpoint.pt", "--quiet")
+    succeeded(result)
+    assert (out / "eval-2" / "metrics.json").is_file() and "eval-2" in result.stdout
+    unchanged(before, out)
+
+
+def test_eval_replace_keeps_the_users_files(trained, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    before = snapshot(out)
+    succeeded(run("eval", "--checkpoint", trained / "checkpoint.pt", "--output", out, "--replace", "--quiet"))
+    assert (out / "metrics.json").is_file()
+    unchanged(before, out)
+
+
+def test_export_does_not_overwrite_unless_output_names_the_file(trained, tmp_path):
+    out = copy_run(trained, tmp_path / "run")
+    export = ["--checkpoint", out / "checkpoint.pt", "--format", "torchscript"]
+    succeeded(run("export", *export))
+    exported = out / "checkpoint.torchscript.pt"
+    assert exported.is_file()
+    before = snapshot(out)
+    one_line_error(run("export", *export), 2, "exists")
+    assert snapshot(out) == before
+    succeeded(run("export", *export, "--output", exported))
+    unchanged({k: v for k, v in before.items() if k != exported.name}, out)
+
+
+def test_synth_overwrite_keeps_the_users_files(tiny_set, tmp_path):
+    root = copy_set(tiny_set, tmp_path / "set")
+    (root / "query" / "notes.txt").write_text("my notes\n")
+    notes = snapshot(root / "query")["notes.txt"]
+    succeeded(run("synth", root, "--seed", "1", *SYNTH_SIZES, "--overwrite"))   # other settings: seed 1
+    assert snapshot(root / "query")["notes.txt"] == notes
+    assert '"seed": 1' in (root / "synthetic.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]               # no .set.partial left
+
+
+# ------------------------------------------------------------------ refusals: exit 2 in one line, nothing written
+# Each case: (setup, needles). setup(folder, tiny_set, trained) prepares what the command needs in `folder`, the case's
+# own (empty) folder, and returns the command as (script, args, options for `run`, other folders to watch). The
+# command runs in `folder`; afterwards `folder` and the watched folders must be exactly as before: no file changed,
+# none added. The fixture and the set are watched wherever a command reads them.
+
+def train_refusal(*flags):
+    "A deepminer-train case: the tiny run into folder/run (which must not appear) with `flags` added."
+    return lambda folder, root, trained: ("train", [*train_args(root, folder / "run"), *flags], {}, [root])
+
+
+def weights_text_file(folder, root, trained):
+    (folder / "weights.txt").write_text("not weights\n")
+    return train_refusal("--backbone-weights", folder / "weights.txt")(folder, root, trained)
+
+
+def holds_a_config(folder, root, trained):
+    "deepminer-train into a folder that holds only config.json: a run that crashed before its first checkpoint."
+    (folder / "run").mkdir()
+    shutil.copy(trained / "config.json", folder / "run")
+    return "train", train_args(root, folder / "run"), {}, [root]
+
+
+def user_files(folder, root, trained):
+    (folder / "mine").mkdir()
+    (folder / "mine" / "notes.txt").write_text("my notes\n")
+    return "eval", ["--checkpoint", trained / "checkpoint.pt", "--output", folder / "mine", "--quiet"], {}, [trained]
+
+
+def not_synthetic(folder, root, trained):
+    (folder / "mine").mkdir()
+    (folder / "mine" / "notes.txt").write_text("my notes\n")
+    return "synth", [folder / "mine", *SYNTH_SIZES], {}, []
+
+
+def not_a_checkpoint(kind: str, command: str):
+    "A command that reads a run folder's checkpoint.pt, which is not a checkpoint (see write_not_a_checkpoint)."
+    def setup(folder, root, trained):
+        out = copy_run(trained, folder / "run", checkpoint=False)
+        write_not_a_checkpoint(out / "checkpoint.pt", kind, trained)
+        checkpoint = ["--checkpoint", out / "checkpoint.pt"]
+        args = {"train --resume": [*train_args(root, out, 2), "--resume"], "eval": [*checkpoint, "--quiet"],
+                "export": [*checkpoint, "--format", "torchscript"]}[command]
+        return command.split()[0], args, {}, [root]
+    return setup
+
+
+def resume_on_a_copy_that_lost_an_identity(folder, root, trained):
+    "Literally: --root names a copy of the set, so the root changed as well as the identities; either stops it."
+    copy_set(root, folder / "set", lose_an_identity=True)
+    return "train", [*train_args(folder / "set", copy_run(trained, folder / "run"), 2), "--resume"], {}, []
+
+
+HIDE_ONNX = "import sys; sys.modules['onnx'] = None; sys.modules['onnxscript'] = None; "
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+REFUSALS = {  # case id -> (setup, needles[, marks])
+    # deepminer-train: bad options, refused before training
+    "train --gamma -1": (train_refusal("--gamma", "-1"), ["gamma"]),
+    "train --lr 0": (train_refusal("--lr", "0"), ["lr must be > 0"]),
+    "train --label-smoothing 1": (train_refusal("--label-smoothing", "1"), ["label_smoothing"]),
+    "train --milestones 5 3": (train_refusal("--milestones", "5", "3"), ["milestones"]),
+    "train --num-workers -1": (train_refusal("--num-workers", "-1"), ["num_workers"]),
+    "train --height 8 --width 4": (train_refusal("--height", "8", "--width", "4"), ["too small"]),
+    "train --device cuda": (train_refusal("--device", "cuda"), ["no CUDA GPU"], NO_CUDA),
+    "train --with-baseline --no-baseline": (train_refusal("--with-baseline", "--no-baseline"), ["not allowed with"]),
+    "train --backbone-weights TEXT": (weights_text_file, ["cannot be read as PyTorch weights"]),
+    "train --backbone-weights MISSING": (train_refusal("--backbone-weights", "/missing.pth"), ["/missing.pth"]),
+    "train --unknown-flag": (train_refusal("--unknown-flag"), ["unrecognized arguments"]),
+    "train market1501 at a missing root": (train_refusal("--dataset", "market1501", "--root", "/nonexistent"),
+                                           ["/nonexistent"]),
+    "train a mistyped synthetic root": (lambda folder, root, trained: (
+        "train", train_args(folder / "typo", folder / "run"), {}, []), ["no synthetic set at"]),
+    # deepminer-train: a run folder is never overwritten, nor resumed on another set
+    "train into a run folder": (lambda folder, root, trained: ("train", train_args(root, trained), {}, [root, trained]),
+                                ["already holds a run"]),
+    "train into a crashed run's folder": (holds_a_config, ["already holds a run (config.json)"]),
+    "train --resume on a copy that lost an identity": (resume_on_a_copy_that_lost_an_identity, ["cannot resume"]),
+    # checkpoints that are not one
+    **{f"{command} reads a {kind} checkpoint": (not_a_checkpoint(kind, command), ["checkpoint.pt"] + (
+        ["cannot be read as a checkpoint"] if kind == "truncated" else [])) for kind, command in (
+        ("truncated", "train --resume"), ("truncated", "eval"), ("truncated", "export"), ("tensor", "eval"),
+        ("pickled code", "train --resume"))},
+    "train --resume reads a dict checkpoint": (
+        not_a_checkpoint("dict", "train --resume"), ["not a deepminer-train checkpoint"]),
+    # deepminer-eval
+    "eval --output a run folder": (lambda folder, root, trained: (
+        "eval", ["--checkpoint", trained / "checkpoint.pt", "--output", trained, "--quiet"], {}, [trained]),
+        ["is a run folder"]),
+    "eval --output a folder with files": (user_files, ["already holds files", "--replace"]),
+    # deepminer-export
+    "export --atol -1": (lambda folder, root, trained: (
+        "export", ["--checkpoint", trained / "checkpoint.pt", "--atol", "-1"], {}, [trained]), ["--atol"]),
+    "export --format onnx without onnx": (lambda folder, root, trained: (
+        "export", ["--checkpoint", trained / "checkpoint.pt", "--format", "onnx", "--output", folder / "x.onnx"],
+        {"prelude": HIDE_ONNX}, [trained]), ["pip install onnx"]),
+    # deepminer-synth, deepminer-summary, deepminer-ablate
+    "synth into a folder with other files": (not_synthetic, ["not a deepminer synthetic set"]),
+    "synth into /dev/null/x": (lambda folder, root, trained: ("synth", ["/dev/null/x", *SYNTH_SIZES], {}, []),
+                               ["/dev/null"]),
+    "summary --height 16": (lambda folder, root, trained: (
+        "summary", ["--height", "16", "--backbone", "resnet18"], {}, []), ["too small"]),
+    "ablate a mistyped root": (lambda folder, root, trained: (   # baseline: a variant deepminer-ablate --list names
+        "ablate", ["--root", folder / "typo", "--results", folder / "r.json", "--variants", "baseline", "--seeds", "0",
+                   "--epochs", "1", "--quiet"], {}, []), ["no synthetic set at"]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def refusals(request, tmp_path_factory):
+    """Start the selected REFUSALS cases when the module's first test starts, one at a time in a background thread,
+    each in its own folder: case id -> ({watched folder: its snapshot}, needles, the future of its result)."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.originalname == "test_refused_in_one_line"
+                and not any(mark.args and mark.args[0] for mark in item.iter_markers("skipif"))]
+    if not selected:
+        yield {}
+        return
+    tiny, trained = request.getfixturevalue("tiny_set"), request.getfixturevalue("trained")
+    pool, started = ThreadPoolExecutor(1), {}
+    for case in selected:
+        setup, needles, *_ = REFUSALS[case]
+        folder = tmp_path_factory.mktemp("refusal")
+        script, args, options, watched = setup(folder, tiny, trained)
+        before = {path: snapshot(path) for path in (folder, *watched)}
+        started[case] = before, needles, pool.submit(run, script, *args, cwd=folder, **options)
+    yield started
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=marks) for case, (_, _, *marks) in REFUSALS.items()])
+def test_refused_in_one_line(refusals, case):
+    before, needles, future = refusals[case]
+    one_line_error(future.result(), 2, *needles)
+    for folder, files in before.items():
+        assert snapshot(folder) == files, f"{folder} changed"
