@@ -31,7 +31,7 @@ __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', '
            'ablation_config', 'branch_part_shares', 'git_commit', 'machine_name', 'load_results', 'save_results',
            'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
            'part_share_frame', 'plot_part_shares', 'shift_from_global', 'part_share_difference',
-           'plot_part_share_difference', 'readme_results']
+           'plot_part_share_difference', 'readme_results', 'branch_score_table']
 
 # %% ../nbs/11_ablation.ipynb #8fad89e6
 ABLATION_VARIANTS = {**{k: v for k, v in PAPER_VARIANTS.items() if k != "ie3"},      # ie3 = ie3_tau0.8
@@ -337,3 +337,14 @@ def readme_results(records: Sequence[dict]) -> str:
         s = summary.loc[variant]
         lines.append(f"| {name} | {s.mAP:.1f} ± {s.mAP_std:.1f} | {s.rank1:.1f} ± {s.rank1_std:.1f} | {s.wall_seconds:.0f} s |")
     return "\n".join(lines)
+
+# %% ../nbs/11_ablation.ipynb #19744701
+def branch_score_table(records: Sequence[dict], metric: str = "mAP") -> pd.DataFrame:
+    """One row per descriptor of the `score_reference_branches` records: its size, GMACs per image, and `metric`'s
+    mean ± std over seeds for each variant (a column each)."""
+    frame = pd.DataFrame([{"variant": r["variant"], "descriptor": label, "value": s[metric], "dim": s["dim"],
+                           "GMACs": s["gmacs"]} for r in records for label, s in r["scores"].items()])
+    stats = frame.groupby(["descriptor", "variant"], sort=False)["value"].agg(["mean", "std"])
+    table = (stats["mean"].map("{:.1f}".format) + " ± " + stats["std"].map("{:.1f}".format)).unstack("variant")
+    cost = frame.groupby("descriptor", sort=False)[["dim", "GMACs"]].first().round({"GMACs": 3})
+    return cost.join(table[list(dict.fromkeys(frame["variant"]))]).rename_axis(columns=metric)

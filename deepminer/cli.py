@@ -334,6 +334,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="(default: %(default)s)")
     parser.add_argument("--output", help="folder for the plots and metrics.json (default: a new eval/, eval-2/, … beside "
                                          "the checkpoint); a folder that holds files needs --replace")
+    parser.add_argument("--branches", nargs="+", metavar="BRANCH",
+                        help="score the descriptor of these branches only, e.g. global, or global ie1 ie2 (default: all)")
     parser.add_argument("--replace", action="store_true", help="overwrite the evaluation's files in an existing --output")
     parser.add_argument("--bad-images", choices=list(BAD_IMAGE_POLICIES), default="raise",
                         help="an unreadable test image: raise (stop, naming it) or skip (leave it out) (default: %(default)s)")
@@ -363,7 +365,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     output = eval_output(args.checkpoint, args.output, args.replace)
     metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, flip=args.flip, rerank=args.rerank,
                                   normalize=args.normalize, metric=args.metric, plots_dir=output, batch_size=args.batch_size,
-                                  device=args.device, progress=not args.quiet, bad_images=args.bad_images)
+                                  device=args.device, progress=not args.quiet, bad_images=args.bad_images,
+                                  branches=args.branches)
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace")}
     (output / "metrics.json").write_text(json.dumps({**metrics, **settings}, indent=1))
     print("  ".join(f"{name} {metrics[key]:.1f}" for key, name in

@@ -20,7 +20,8 @@ from .rerank import re_ranking
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'METRICS', 'JUNK_PID', 'DISTRACTOR_PID', 'Features', 'normalize_features', 'extract_features',
-           'compute_distance', 'protocol_masks', 'RankMetrics', 'query_metrics', 'evaluate_rank', 'evaluate']
+           'compute_distance', 'protocol_masks', 'RankMetrics', 'query_metrics', 'evaluate_rank', 'evaluate',
+           'branch_columns', 'select_branches', 'descriptor_macs', 'evaluate_branches']
 
 # %% ../nbs/07_evaluate.ipynb #00adadc5
 NORMALIZATIONS = ("none", "branch", "all")  # values of `normalize`: no scaling, unit norm per branch, unit norm overall
@@ -238,16 +239,19 @@ def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Ite
              normalize: str = "none", metric: str = "euclidean", rerank: bool = False, k1: int = 20, k2: int = 6,
              lambda_value: float = 0.3, max_rank: int = 50, device: torch.device | str | None = None,
              progress: bool = True, plots_dir: str | Path | None = None, query_images: Sequence | None = None,
-             gallery_images: Sequence | None = None) -> dict[str, float]:
+             gallery_images: Sequence | None = None, branches: Sequence[str] | None = None) -> dict[str, float]:
     """Evaluate `model` on `query_loader` against `gallery_loader` (batches (images, pids, camids, ...)): features
     (`flip`, `normalize`: see `extract_features`), `metric` distances, k-reciprocal re-ranking if `rerank` (`k1`,
     `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's). Returns
     {'mAP', 'mINP', 'rank1', 'rank5', 'rank10'} in percent; with `plots_dir`, also writes the pictures there
-    (`save_evaluation_plots`)."""
+    (`save_evaluation_plots`). `branches`: score the descriptor of these branches only (`select_branches`)."""
     device = torch.device(device) if device is not None else model_device(model)
-    query = extract_features(model, query_loader, flip, normalize, device, progress, desc="query features")
-    gallery = extract_features(model, gallery_loader, flip, normalize, device, progress, desc="gallery features")
+    query, gallery = (extract_features(model, loader, flip, normalize if branches is None else "none", device, progress,
+                                       desc=f"{name} features") for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
     qf, gf = query.features.to(device), gallery.features.to(device)
+    if branches is not None:   # the chosen branches' columns, then normalized as asked
+        columns, dims = branch_columns(model), [model.feature_dims[b] for b in model.feature_dims if b in branches]
+        qf, gf = (normalize_features(select_branches(f, columns, branches), normalize, dims) for f in (qf, gf))
     distmat = compute_distance(qf, gf, metric).cpu()
     if rerank:
         distmat = re_ranking(distmat, compute_distance(qf, qf, metric), compute_distance(gf, gf, metric), k1, k2, lambda_value)
@@ -257,3 +261,43 @@ def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Ite
         save_evaluation_plots(plots_dir, distmat, query.pids, gallery.pids, query.camids, gallery.camids, metrics,
                               query_images, gallery_images)
     return metrics.as_dict()
+
+# %% ../nbs/07_evaluate.ipynb #6d76ff5e
+def branch_columns(model: torch.nn.Module) -> dict[str, slice]:
+    "Where each branch's BNNeck features sit in `model`'s eval-mode descriptor: {branch: slice of its columns}."
+    dims = getattr(model, "feature_dims", None)
+    if not isinstance(dims, dict) or not dims:
+        raise ValueError(f"per-branch evaluation needs model.feature_dims; {type(model).__name__} has none")
+    ends = np.cumsum(list(dims.values()))
+    return {name: slice(int(end - dim), int(end)) for (name, dim), end in zip(dims.items(), ends)}
+
+
+def select_branches(features: torch.Tensor, columns: dict[str, slice], branches: Sequence[str]) -> torch.Tensor:
+    "The descriptor of `branches` alone: their columns of `features` (N, D), in the model's order: (N, Σ D_branch)."
+    if isinstance(branches, str) or not branches or set(branches) - set(columns):
+        raise ValueError(f"branches must name one or more of {list(columns)}, got {branches!r}")
+    return torch.cat([features[:, columns[name]] for name in columns if name in branches], dim=1)
+
+
+def descriptor_macs(model: torch.nn.Module, branches: Sequence[str], height: int, width: int) -> int:
+    """Multiply-accumulates per `height`×`width` image of the descriptor of `branches`: the trunk through B4 with its
+    head (the global branch's row of `branch_summary`) plus each other branch's own blocks and head."""
+    from deepminer.model import branch_summary
+    macs = {row["branch"]: row["macs"] for row in branch_summary(model, height, width)}
+    return macs["global"] + sum(macs[name] for name in branches if name != "global")
+
+
+def evaluate_branches(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable,
+                      subsets: dict[str, Sequence[str]], flip: bool = False, metric: str = "euclidean",
+                      device: torch.device | str | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Score several descriptors of one model from one feature extraction. `subsets`: {label: branches}, e.g.
+    {"G": ["global"], "all": model.branch_names}. Returns {label: {'mAP', 'mINP', 'rank1', 'rank5', 'rank10', 'dim'}}."""
+    columns = branch_columns(model)
+    query, gallery = (extract_features(model, loader, flip, "none", device, progress, desc=f"{name} features")
+                      for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
+    results = {}
+    for label, branches in subsets.items():
+        qf, gf = (select_branches(f.features, columns, branches) for f in (query, gallery))
+        metrics = evaluate_rank(compute_distance(qf, gf, metric), query.pids, gallery.pids, query.camids, gallery.camids)
+        results[label] = {**metrics.as_dict(), "dim": qf.shape[1]}
+    return results

@@ -18,15 +18,19 @@ from PIL import Image
 import deepminer
 
 from .ablation import branch_part_shares, git_commit, load_results, machine_name, save_results
-from .data import build_dataset, build_transforms
+from torch.utils.data import DataLoader
+
+from .data import ReIDImages, build_dataset, build_transforms
+from .evaluate import descriptor_macs, evaluate_branches
 from .model import DeepMiner, PAPER_VARIANTS
 from .train import Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
 
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',
-           'TRUNK_PREFIXES', 'reference_config', 'check_from', 'convergence_check', 'StopWhenConverged', 'WallClock',
-           'run_reference', 'run_references', 'trunk_fingerprint', 'save_trunk', 'load_reference_trunk',
-           'reference_probe', 'load_references', 'reference_table', 'plot_learning_curves']
+           'TRUNK_PREFIXES', 'BRANCH_SUBSETS', 'BRANCH_RESULTS', 'reference_config', 'check_from', 'convergence_check',
+           'StopWhenConverged', 'WallClock', 'run_reference', 'run_references', 'trunk_fingerprint', 'save_trunk',
+           'load_reference_trunk', 'reference_probe', 'load_references', 'reference_table', 'plot_learning_curves',
+           'score_reference_branches']
 
 # %% ../nbs/06a_reference.ipynb #c218937a
 REFERENCE_SIZE = dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=128, width=64, P=8, K=4,
@@ -265,3 +269,33 @@ def plot_learning_curves(records: Sequence[dict], ax=None):
     ax.set(xlabel="epoch", ylabel="mAP (%)", title="reference runs: mAP every 4 epochs; arrows: the last stopping check")
     ax.legend(fontsize=7)
     return ax
+
+# %% ../nbs/06a_reference.ipynb #90446283
+BRANCH_SUBSETS = {"G": ("global",), "IE1": ("ie1",), "IE2": ("ie2",), "L": ("local",),
+                  "G+IE": ("global", "ie1", "ie2"), "all": ("global", "ie1", "ie2", "local")}  # label -> branches
+BRANCH_RESULTS = Path("nbs/results/branches.json")   # the cache, relative to the repository root
+
+
+def score_reference_branches(variants: Sequence[str] | None = None, seeds: Sequence[int] = REFERENCE_SEEDS,
+                             runs: str | Path = REFERENCE_RUNS, results: str | Path = BRANCH_RESULTS,
+                             command: str = "score_reference_branches()", progress: bool = False) -> list[dict]:
+    """Score the descriptors of `BRANCH_SUBSETS` for the checkpoint of every reference run `variants` × `seeds` in
+    `runs`; each record (variant, seed, scores per descriptor with 'dim' and 'gmacs', the baseline's GMACs, and
+    provenance) is saved to `results` as it comes. Returns the records."""
+    records = []
+    for seed in seeds:
+        for variant in list(REFERENCE_VARIANTS) if variants is None else variants:
+            start = time.perf_counter()
+            model, config = load_model(Path(runs) / f"{variant}-seed{seed}" / "checkpoint.pt")
+            data, transform = build_dataset(config.dataset, config.root), build_transforms(config.height, config.width, train=False)
+            query, gallery = (DataLoader(ReIDImages(r, transform), batch_size=128) for r in (data.query, data.gallery))
+            scores = evaluate_branches(model, query, gallery, BRANCH_SUBSETS, progress=progress)
+            for label, branches in BRANCH_SUBSETS.items():
+                scores[label]["gmacs"] = descriptor_macs(model, branches, config.height, config.width) / 1e9
+            baseline = DeepMiner(model.num_classes, config.model.baseline())
+            records.append({"variant": variant, "seed": seed, "scores": scores, "config": config.to_dict(),
+                            "baseline_gmacs": descriptor_macs(baseline, ["global"], config.height, config.width) / 1e9,
+                            "seconds": round(time.perf_counter() - start, 1), "command": command, "commit": git_commit(),
+                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name()})
+            save_results(records, results)
+    return records

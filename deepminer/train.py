@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -684,10 +685,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root: str | Path | None = None,
                         flip: bool = False, rerank: bool = False, normalize: str = "none", metric: str = "euclidean",
                         plots_dir: str | Path | None = None, batch_size: int = 128, device: str = "auto",
-                        progress: bool = True, bad_images: str = "raise") -> dict[str, float]:
+                        progress: bool = True, bad_images: str = "raise", branches: Sequence[str] | None = None
+                        ) -> dict[str, float]:
     """mAP, mINP and Rank-1/5/10 (percent) of the model in `checkpoint` on the query/gallery of `dataset` at `root`
     (default: those it was trained on), at the training resolution; see `deepminer.evaluate.evaluate`. `bad_images`:
-    as in `ReIDImages` ('skip' leaves unreadable test images out, with a warning that counts them)."""
+    as in `ReIDImages` ('skip' leaves unreadable test images out, with a warning that counts them); `branches`: score
+    the descriptor of these branches only."""
     device = pick_device(device)
     model, config = load_model(checkpoint, device)
     data = build_dataset(dataset or config.dataset, root or config.root)
@@ -696,7 +699,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
     loaders = [DataLoader(images, batch_size=batch_size) for images in (query, gallery)]
     return evaluate(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank, device=device,
                     progress=progress, plots_dir=plots_dir, query_images=[r.path for r in query.records],
-                    gallery_images=[r.path for r in gallery.records])
+                    gallery_images=[r.path for r in gallery.records], branches=branches)
 
 # %% ../nbs/06_train.ipynb #be44b824
 CPU_EPOCHS = 20
