@@ -113,7 +113,8 @@ def test_cli_under_torchrun_writes_once_and_resumes(tiny_set, tmp_path):
     script.write_text("from deepminer.cli import train_main\ntrain_main()\n")
     common = ["--root", str(tiny_set), "--backbone", "resnet18", "--height", "64", "--width", "32", "--P", "2",
               "--K", "2", "--lr", "1e-3", "--warmup-epochs", "1", "--eval-every", "1", "--device", "cpu",
-              "--no-baseline", "--sync-bn", "--quiet"]
+              "--no-baseline", "--sync-bn", "--quiet",
+              "--ie-after", "--no-local", "--no-sam", "--no-cham"]   # the global branch alone: the plumbing is tested
     straight = torchrun(str(script), *common, "--epochs", "2", "--output", "straight", cwd=tmp_path)
     assert straight.stdout.count("mAP") == 1, straight.stdout   # one process prints the results
     torchrun(str(script), *common, "--epochs", "1", "--output", "resumed", cwd=tmp_path)

@@ -24,7 +24,8 @@ def tiny_set(tmp_path_factory):
 
 def tiny_args(root, output, epochs=2):
     return ["--root", str(root), "--output", str(output), "--no-baseline", "--quiet", "--epochs", str(epochs),
-            "--P", "4", "--K", "2", "--height", "64", "--width", "32", "--eval-every", "1", "--warmup-epochs", "1"]
+            "--P", "4", "--K", "2", "--height", "64", "--width", "32", "--eval-every", "1", "--warmup-epochs", "1",
+            "--ie-after", "--no-local", "--no-sam", "--no-cham"]   # the global branch alone, for speed
 
 
 def comparable(metrics: dict) -> dict:
