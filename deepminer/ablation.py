@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import ReIDImages, build_transforms
 from .model import DeepMiner, PAPER_VARIANTS
 from .synthetic import PARTS
-from .train import Trainer, TrainConfig
+from .train import SYNTHETIC_ROOT, Trainer, TrainConfig
 from .visualize import activation_energy, inspect_eval, part_shares, read_part_layouts
 
 # %% auto #0
@@ -55,7 +55,7 @@ PAPER_MARKET1501 = {
 }  # variant -> (mAP, Rank-1) on Market-1501 from Tables 1-4; Figure 7's other points exist only as a plot
 
 # %% ../nbs/11_ablation.ipynb #f84d50b3
-ABLATION_SIZE = dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4,
+ABLATION_SIZE = dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4,
                      epochs=6, lr=3e-3, warmup_epochs=1, warmup_start_lr=3e-4, milestones=(4,), eval_every=0,
                      cpu_bf16=True)  # TrainConfig settings of every ablation run (the variant sets the model; model: its backbone)
 SEEDS = (0, 1, 2)

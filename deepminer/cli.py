@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch

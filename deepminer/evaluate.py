@@ -281,7 +281,8 @@ def select_branches(features: torch.Tensor, columns: dict[str, slice], branches:
 
 def descriptor_macs(model: torch.nn.Module, branches: Sequence[str], height: int, width: int) -> int:
     """Multiply-accumulates per `height`×`width` image of the descriptor of `branches`: the trunk through B4 with its
-    head (the global branch's row of `branch_summary`) plus each other branch's own blocks and head."""
+    head (the global branch's row of `branch_summary`) plus each other branch's own blocks and head — for a subset
+    without G an upper bound, since it counts G's B3, B4 and head too."""
     from deepminer.model import branch_summary
     macs = {row["branch"]: row["macs"] for row in branch_summary(model, height, width)}
     return macs["global"] + sum(macs[name] for name in branches if name != "global")

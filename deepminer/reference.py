@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .data import ReIDImages, build_dataset, build_transforms
 from .evaluate import descriptor_macs, evaluate_branches
 from .model import DeepMiner, PAPER_VARIANTS
-from .train import Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
+from .train import SYNTHETIC_ROOT, Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
 
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',
@@ -33,7 +33,7 @@ __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE
            'score_reference_branches']
 
 # %% ../nbs/06a_reference.ipynb #c218937a
-REFERENCE_SIZE = dict(dataset="synthetic", root="data/synthetic", model=dict(backbone="resnet18"), height=128, width=64, P=8, K=4,
+REFERENCE_SIZE = dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backbone="resnet18"), height=128, width=64, P=8, K=4,
                       epochs=40, lr=3e-3, warmup_epochs=2, warmup_start_lr=3e-4, milestones=(24,), eval_every=4,
                       cpu_bf16=True)  # TrainConfig settings of every reference run (model: the backbone); epochs is the cap
 REFERENCE_VARIANTS = {"deep_miner": PAPER_VARIANTS["deep_miner"],

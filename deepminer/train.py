@@ -34,7 +34,7 @@ __all__ = ['RECIPE_NAMES', 'FAULT_ACTIONS', 'SYNTHETIC_ROOT', 'RESUMABLE_CHANGES
            'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'seed_everything', 'rng_states',
            'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'fault_point', 'Checkpointing', 'CancelBatch',
            'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
-           'TrainingDiverged', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'EpochTotals', 'TrainingLoop',
+           'TrainingDiverged', 'EpochTotals', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'TrainingLoop',
            'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting',
            'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config',
            'train_with_baseline', 'format_comparison']
@@ -415,32 +415,6 @@ class TrainingDiverged(RuntimeError):
     "Raised when the loss becomes NaN or infinite; the run folder keeps the last good checkpoint."
 
 
-class TrainingInterrupted(Exception):
-    "Raised at a batch's end after Ctrl-C (SIGINT); the run folder keeps the last epoch's checkpoint."
-
-
-class InterruptAtBatchEnd:
-    """While entered (in the main thread), the first Ctrl-C only sets `requested`, for the training loop to stop at the
-    end of its batch; a second one interrupts at once (KeyboardInterrupt). Elsewhere it never requests."""
-
-    def __init__(self):
-        self.requested, self.previous = False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
 class EpochTotals:
     "A training epoch's loss sums and correct ID predictions, kept as tensors until `means()` reads them back."
 
@@ -477,6 +451,33 @@ class EpochTotals:
         seen = max(self.seen, 1)
         return {**{k: float(v) / seen for k, v in self.sums.items()},
                 **{f"{name}/acc": float(c) / seen for name, c in self.correct.items()}}
+
+# %% ../nbs/06_train.ipynb #d3d6ce81
+class TrainingInterrupted(Exception):
+    "Raised at a batch's end after Ctrl-C (SIGINT); the run folder keeps the last epoch's checkpoint."
+
+
+class InterruptAtBatchEnd:
+    """While entered (in the main thread), the first Ctrl-C only sets `requested`, for the training loop to stop at the
+    end of its batch; a second one interrupts at once (KeyboardInterrupt). Elsewhere it never requests."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
 
 # %% ../nbs/06_train.ipynb #51c7705c
 class TrainingLoop:

@@ -16,7 +16,8 @@ from deepminer.attention import CHAM, SAM
 from deepminer.data import build_transforms
 from deepminer.model import RESNETS, DeepMiner
 from deepminer.synthetic import make_synthetic_reid
-from deepminer.train import PAPER_RECIPE, RECIPES, Trainer, prepare_data, recipe, recipe_departures, recipe_value
+from deepminer.train import (PAPER_RECIPE, RECIPES, TrainConfig, Trainer, prepare_data, recipe, recipe_departures,
+                             recipe_value)
 
 TRAIN = [sys.executable, "-c", "from deepminer.cli import train_main; train_main()"]
 
@@ -28,7 +29,7 @@ def market_like(tmp_path_factory):
                                distractors=3, junk=2, progress=False)
 
 
-def small_paper(root) -> "TrainConfig":
+def small_paper(root) -> TrainConfig:
     "The paper recipe on a tiny set: only the sizes change (and the backbone, so that no weights are needed)."
     return recipe("paper", dataset="market1501", root=str(root), height=64, width=32, P=3, K=2,
                   model=dict(backbone="resnet18", pretrained=False))
