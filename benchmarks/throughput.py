@@ -9,7 +9,9 @@ against a large matrix product's in the same run. Prints a table; not a unit tes
 A config is BACKBONE:HxW. Each (config, model, mode) row is `--warmup` untimed iterations then `--runs` timed ones
 (`--runs-large` for ResNet-50 at 384x128 and above, which is slow on a CPU); the table gives the median and the best
 seconds per batch and images/s from the median. Training steps are the real thing: training-mode forward, the
-Deep Miner loss (ID + triplet + center per branch, P x K batch), backward, Adam and SGD (centers) steps.
+Deep Miner loss (ID + triplet + center per branch, P x K batch), backward, and the Trainer's own optimizers (fused
+Adam, SGD for the centers). The two models' training steps are timed in alternation, baseline then Deep Miner, so
+that a change in the machine's load falls on both; data loading is not part of a step.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from deepminer.export import export_model, load_exported
 from deepminer.losses import DeepMinerLoss
 from deepminer.model import DeepMiner, DeepMinerConfig
+from deepminer.train import make_optimizers
 
 NUM_CLASSES = 751  # Market-1501's training identities: sets the classifier size
 
@@ -54,6 +57,20 @@ def timed(fn, warmup: int, runs: int) -> list[float]:
     return times
 
 
+def timed_alternately(fns: dict, warmup: int, runs: int) -> dict[str, list[float]]:
+    "Wall-clock seconds of `runs` rounds in which each of `fns` is called once, in turn, after `warmup` untimed rounds."
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def matmul_flops(n: int = 2048, runs: int = 3) -> float:
     "FLOP/s of an n x n x n float32 matrix product (2 n^3 FLOPs), best of `runs`."
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -77,8 +94,7 @@ def train_step_fn(model: DeepMiner, P: int, K: int, h: int, w: int):
     "A closure that runs one full training step on a fixed random P x K batch."
     model.train()
     criterion = DeepMinerLoss(NUM_CLASSES, model.feature_dims)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3.5e-4, weight_decay=5e-4)
-    center_optimizer = torch.optim.SGD(criterion.parameters(), lr=0.5)
+    optimizer, center_optimizer = make_optimizers(model, criterion, lr=3.5e-4, weight_decay=5e-4, center_lr=0.5)
     images = torch.randn(P * K, 3, h, w)
     labels = torch.arange(P).repeat_interleave(K)
     def step():
@@ -125,62 +141,70 @@ def main(argv=None):
               f"{'GFLOP/img':>9} {'GFLOP/s':>8} {'mm GFLOP/s':>10} {'% mm':>5} {'load':>5}")
     print(header + "\n" + "-" * len(header), flush=True)
     results, notes = {}, []
+
+    def report(text, kind, mode, runs, times, per_batch, flops, load, peak, note=""):
+        med = statistics.median(times)
+        rate = per_batch / med
+        results[(text, kind, mode)] = dict(flops=flops, rate=rate, best=per_batch / min(times))
+        print(f"{text:<17} {kind:<9} {mode:<12} {runs:>4} {med:>11.3f} {min(times):>7.3f} {rate:>7.1f} "
+              f"{flops / 1e9:>9.2f} {flops * rate / 1e9:>8.1f} {peak / 1e9:>10.1f} {100 * flops * rate / peak:>4.0f}% "
+              f"{load:>5.1f}  {note}", flush=True)
+
     for text in args.configs:
         backbone, h, w = parse_config(text)
         runs = args.runs_large if backbone != "resnet18" and h * w >= 384 * 128 else args.runs
-        for kind in ("baseline", "deepminer"):
-            model = make_model(kind, backbone)
+        models = {kind: make_model(kind, backbone) for kind in ("baseline", "deepminer")}
+        if "train" in args.modes:  # both models' steps in alternation
+            steps, flops = {}, {}
+            for kind, model in models.items():
+                steps[kind], fwd_bwd = train_step_fn(model, args.P, args.K, h, w)
+                flops[kind] = count_flops(fwd_bwd) / (args.P * args.K)
+            load, peak = os.getloadavg()[0], matmul_flops()
+            times = timed_alternately(steps, args.warmup, runs)
+            for kind in models:
+                report(text, kind, "train", runs, times[kind], args.P * args.K, flops[kind], load, peak, "alternating")
+        for kind, model in models.items():
             for mode in args.modes:
-                if mode == "compile" and (args.compile == "none" or (args.compile == "small" and h * w > 128 * 64)):
+                if mode == "train" or (mode == "compile" and (args.compile == "none" or
+                                                              (args.compile == "small" and h * w > 128 * 64))):
                     continue
-                note, per_batch = "", args.batch
-                if mode == "train":
-                    step, fwd_bwd = train_step_fn(model, args.P, args.K, h, w)
-                    per_batch = args.P * args.K
-                    flops = count_flops(fwd_bwd) / per_batch
-                    fn = step
-                else:
-                    model.eval()
-                    images = torch.randn(args.batch, 3, h, w)
-                    with torch.no_grad():
-                        flops = count_flops(lambda: model(images[:1]))
-                    if mode == "eager":
-                        fn = lambda: model(images)
-                    elif mode == "compile":
-                        try:
-                            compiled = torch.compile(model)
-                            t0 = time.perf_counter()
-                            with torch.no_grad():
-                                compiled(images)
-                            note = f"compile {time.perf_counter() - t0:.0f} s"
-                            fn = lambda: compiled(images)
-                        except Exception as err:  # report, don't stop the table
-                            notes.append(f"torch.compile failed for {text} {kind}: {type(err).__name__}: {str(err)[:200]}")
-                            print(f"{text:<17} {kind:<9} {mode:<12} failed: {type(err).__name__}", flush=True)
-                            continue
-                    else:
-                        tmp = tempfile.mkdtemp()
+                note = ""
+                model.eval()
+                images = torch.randn(args.batch, 3, h, w)
+                with torch.no_grad():
+                    flops = count_flops(lambda: model(images[:1]))
+                if mode == "eager":
+                    fn = lambda: model(images)
+                elif mode == "compile":
+                    try:
+                        compiled = torch.compile(model)
                         t0 = time.perf_counter()
-                        info = export_model(model, f"{tmp}/m.onnx", "onnx", h, w)
-                        run = load_exported(info["path"], threads=threads)
-                        note = f"export+check {time.perf_counter() - t0:.0f} s, max diff {info['max_abs_diff']:.1e}"
-                        array = images.numpy()
-                        fn = lambda: run(array)
+                        with torch.no_grad():
+                            compiled(images)
+                        note = f"compile {time.perf_counter() - t0:.0f} s"
+                        fn = lambda: compiled(images)
+                    except Exception as err:  # report, don't stop the table
+                        notes.append(f"torch.compile failed for {text} {kind}: {type(err).__name__}: {str(err)[:200]}")
+                        print(f"{text:<17} {kind:<9} {mode:<12} failed: {type(err).__name__}", flush=True)
+                        continue
+                else:
+                    tmp = tempfile.mkdtemp()
+                    t0 = time.perf_counter()
+                    info = export_model(model, f"{tmp}/m.onnx", "onnx", h, w)
+                    run = load_exported(info["path"], threads=threads)
+                    note = f"export+check {time.perf_counter() - t0:.0f} s, max diff {info['max_abs_diff']:.1e}"
+                    array = images.numpy()
+                    fn = lambda: run(array)
                 load, peak = os.getloadavg()[0], matmul_flops()
                 if mode == "onnxruntime":
                     times = timed(fn, args.warmup, runs)
                 else:
-                    with torch.set_grad_enabled(mode == "train"):
+                    with torch.no_grad():
                         times = timed(fn, args.warmup, runs)
-                med = statistics.median(times)
-                rate = per_batch / med
-                results[(text, kind, mode)] = dict(flops=flops, rate=rate, best=per_batch / min(times))
-                print(f"{text:<17} {kind:<9} {mode:<12} {runs:>4} {med:>11.3f} {min(times):>7.3f} {rate:>7.1f} "
-                      f"{flops / 1e9:>9.2f} {flops * rate / 1e9:>8.1f} {peak / 1e9:>10.1f} {100 * flops * rate / peak:>4.0f}% "
-                      f"{load:>5.1f}  {note}",
-                      flush=True)
-            del model
-    print("\nDeep Miner / baseline: FLOPs per image, and seconds per image from the median and from the best run")
+                report(text, kind, mode, runs, times, args.batch, flops, load, peak, note)
+        del models
+    print("\nDeep Miner / baseline: FLOPs per image, and seconds per image from the median and from the best run"
+          f" ({platform.processor() or platform.machine()}, {threads} threads, runs as above)")
     for text in args.configs:
         for mode in args.modes:
             b, d = results.get((text, "baseline", mode)), results.get((text, "deepminer", mode))

@@ -114,17 +114,17 @@ def machine_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
 
 
-def load_results(path: str | Path = RESULTS) -> list[dict]:
-    "The cached ablation records in `path` (a JSON list); [] if the file does not exist."
+def load_results(path: str | Path = RESULTS, keys: Sequence[str] = ("variant", "seed", "config")) -> list[dict]:
+    "The cached records in `path` (a JSON list of dicts, each with `keys`); [] if the file does not exist."
     path = Path(path)
     if not path.exists():
         return []
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should hold the list of ablation records") from err
-    if not isinstance(records, list) or not all(isinstance(r, dict) and {"variant", "seed", "config"} <= set(r) for r in records):
-        raise ValueError(f"{path} should hold a JSON list of ablation records with 'variant', 'seed' and 'config'")
+        raise ValueError(f"{path} is not valid JSON ({err}); it should hold a list of run records") from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) and set(keys) <= set(r) for r in records):
+        raise ValueError(f"{path} should hold a JSON list of run records, each with {', '.join(map(repr, keys))}")
     return records
 
 

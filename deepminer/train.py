@@ -35,9 +35,9 @@ __all__ = ['RECIPE_NAMES', 'FAULT_ACTIONS', 'SYNTHETIC_ROOT', 'RESUMABLE_CHANGES
            'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'fault_point', 'Checkpointing', 'CancelBatch',
            'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
            'TrainingDiverged', 'EpochTotals', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'TrainingLoop',
-           'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting',
-           'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config',
-           'train_with_baseline', 'format_comparison']
+           'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe',
+           'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table',
+           'baseline_config', 'train_with_baseline', 'format_comparison']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -539,6 +539,14 @@ class TrainingLoop:
             self._call("on_train_end")
         return self.metrics
 
+# %% ../nbs/06_train.ipynb #8bf24adf
+def make_optimizers(model: torch.nn.Module, criterion: torch.nn.Module, lr: float, weight_decay: float,
+                    center_lr: float) -> tuple[torch.optim.Adam, torch.optim.SGD]:
+    "Adam for the network's trainable parameters (one fused kernel for all of them) and plain SGD for the loss's centers."
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, fused=True)
+    return optimizer, torch.optim.SGD(criterion.parameters(), lr=center_lr)
+
 # %% ../nbs/06_train.ipynb #e968ceef
 SYNTHETIC_ROOT = "data/synthetic"  # the embedded default: generated here when missing (and only here)
 
@@ -600,9 +608,8 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
             self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
         if self.rank > 0:  # same initialisation everywhere (seeded above), different augmentations from here on
             seed_everything(config.seed + 1000 * self.rank)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=lr_at_epoch(0, config), weight_decay=config.weight_decay)
-        self.center_optimizer = torch.optim.SGD(self.criterion.parameters(), lr=config.center_lr)
+        self.optimizer, self.center_optimizer = make_optimizers(self.model, self.criterion, lr_at_epoch(0, config),
+                                                                config.weight_decay, config.center_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch, self.step, self.history, self.metrics, self.stop_training = 0, 0, [], {}, False
         self.interrupt = InterruptAtBatchEnd()   # entered by `fit`
