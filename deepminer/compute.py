@@ -23,7 +23,8 @@ from .train import Trainer, TrainConfig, baseline_config, recipe
 
 # %% auto #0
 __all__ = ['COMPUTE_BUDGETS', 'COMPUTE_SEEDS', 'COMPUTE_RESULTS', 'COMPUTE_SERIES', 'scaled_schedule', 'compute_config',
-           'training_step_flops', 'run_budget', 'run_compute_grid', 'compute_frame', 'compute_summary', 'plot_compute']
+           'training_step_flops', 'run_budget', 'run_compute_grid', 'compute_frame', 'compute_summary', 'plot_compute',
+           'compute_gaps', 'readme_compute']
 
 # %% ../nbs/11a_compute.ipynb #6e1f796d
 COMPUTE_BUDGETS = {"baseline": (14, 20, 28, 56), "deep_miner": (5, 10, 20)}  # model -> epochs of each of its runs
@@ -78,7 +79,7 @@ def run_budget(model: str, seed: int, config: TrainConfig, command: str = "", pr
             "scores": {label: {k: round(v, 4 if k == "gmacs" else 2) for k, v in s.items()} for label, s in scores.items()},
             "train_seconds": round(sum(h["seconds"] for h in trainer.history), 1),
             "wall_seconds": round(time.perf_counter() - start, 1), "steps": trainer.step,
-            "step_gflops": round(step_flops / 1e9, 2), "train_pflops": round(trainer.step * step_flops / 1e15, 3),
+            "step_gflops": round(step_flops / 1e9, 2),
             "config": config.to_dict(), "command": command, "commit": git_commit(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name()}
 
@@ -113,22 +114,22 @@ COMPUTE_SERIES = {"baseline": ("baseline", "all"), "Deep Miner": ("deep_miner", 
 
 def compute_frame(records: Sequence[dict]) -> pd.DataFrame:
     """The equal-compute records as one row per (curve of `COMPUTE_SERIES`, epochs, seed): mAP, Rank-1, training
-    seconds, training PFLOPs and the descriptor's GMACs per image."""
+    seconds, training TFLOPs (steps × FLOPs per step) and the descriptor's GMACs per image."""
     rows = [{"curve": label, "epochs": r["epochs"], "seed": r["seed"], "mAP": r["scores"][d]["mAP"],
-             "rank1": r["scores"][d]["rank1"], "train_seconds": r["train_seconds"], "train_pflops": r["train_pflops"],
+             "rank1": r["scores"][d]["rank1"], "train_seconds": r["train_seconds"], "train_tflops": r["steps"] * r["step_gflops"] / 1e3,
              "gmacs": r["scores"][d]["gmacs"]}
             for label, (model, d) in COMPUTE_SERIES.items() for r in records if r["model"] == model and d in r["scores"]]
     return pd.DataFrame(rows)
 
 
 def compute_summary(records: Sequence[dict]) -> pd.DataFrame:
-    "Per curve and budget: seeds, mAP and Rank-1 mean ± std over seeds, mean training minutes and PFLOPs, GMACs/image."
+    "Per curve and budget: seeds, mAP and Rank-1 mean ± std over seeds, mean training minutes and TFLOPs, GMACs/image."
     grouped = compute_frame(records).groupby(["curve", "epochs"], sort=False)
     stats = grouped.agg(seeds=("seed", "count"), mAP=("mAP", "mean"), mAP_std=("mAP", "std"), rank1=("rank1", "mean"),
                         rank1_std=("rank1", "std"), train_minutes=("train_seconds", "mean"),
-                        train_pflops=("train_pflops", "mean"), gmacs=("gmacs", "first"))
+                        train_tflops=("train_tflops", "mean"), gmacs=("gmacs", "first"))
     stats["train_minutes"] /= 60
-    return stats.round(2)
+    return stats.round(2).assign(gmacs=stats.gmacs.round(4))
 
 
 def plot_compute(records: Sequence[dict], axes=None):
@@ -140,10 +141,10 @@ def plot_compute(records: Sequence[dict], axes=None):
         _, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for label, markers in zip(COMPUTE_SERIES, ("o-", "s-", "^--")):
         s = stats[stats.curve == label]
-        for ax, x in zip(axes, ("epochs", "train_minutes", "train_pflops")):
+        for ax, x in zip(axes, ("epochs", "train_minutes", "train_tflops")):
             ax.errorbar(s[x], s.mAP, yerr=s.mAP_std.fillna(0), fmt=markers, capsize=3, ms=4, label=label)
     for ax, xlabel in zip(axes, ("training epochs", "training wall time (minutes, 2 CPU cores)",
-                                 "training FLOPs (PFLOP, FlopCounterMode)")):
+                                 "training FLOPs (TFLOP, FlopCounterMode)")):
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set(ylabel="mAP (%)", title="equal epochs (the paper's protocol)")
@@ -154,3 +155,42 @@ def plot_compute(records: Sequence[dict], axes=None):
     axes[0].figure.suptitle(f"Deep Miner against the baseline at equal epochs and at equal training compute "
                             f"(mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", y=1.02)
     return axes
+
+# %% ../nbs/11a_compute.ipynb #c5f57123
+def compute_gaps(records: Sequence[dict]) -> pd.DataFrame:
+    """mAP of Deep Miner (whole descriptor, and served as G) minus the baseline's, paired by seed: at equal epochs
+    (each budget both models have) and at equal FLOPs (for each Deep Miner budget, the baseline budget nearest to it
+    in training FLOPs). One row per comparison: the budgets, the mean ± std of the gap over seeds, and each seed's gap."""
+    frame = compute_frame(records)
+    mAP = frame.pivot_table(index="seed", columns=["curve", "epochs"], values="mAP")
+    tflops = frame.groupby(["curve", "epochs"])["train_tflops"].mean()
+    base = tflops["baseline"]
+    rows = []
+    for epochs in sorted(tflops["Deep Miner"].index):
+        pairs = [("equal FLOPs", int((base - tflops["Deep Miner"][epochs]).abs().idxmin()))]
+        if epochs in base.index:
+            pairs.insert(0, ("equal epochs", epochs))
+        for comparison, base_epochs in pairs:
+            for curve in ("Deep Miner", "Deep Miner served as G"):
+                gap = (mAP[(curve, epochs)] - mAP[("baseline", base_epochs)]).dropna()
+                rows.append({"comparison": comparison, "curve": curve, "epochs": epochs, "baseline epochs": base_epochs,
+                             "Δ mAP": f"{gap.mean():+.1f} ± {gap.std():.1f}",
+                             "per seed": ", ".join(f"{g:+.1f}" for g in gap)})
+    return pd.DataFrame(rows).set_index(["comparison", "curve", "epochs"])
+
+# %% ../nbs/11a_compute.ipynb #872b2523
+def readme_compute(records: Sequence[dict]) -> str:
+    """The README's equal-compute table from `records`: the baseline at Deep Miner's largest budget in epochs and in
+    FLOPs, Deep Miner at that budget, and its global branch served alone; mean ± std over seeds."""
+    stats = compute_summary(records)
+    largest = max(COMPUTE_BUDGETS["deep_miner"])
+    equal_flops = max(COMPUTE_BUDGETS["baseline"])
+    seeds = int(stats.seeds.min())
+    lines = [f"| model ({seeds} seeds) | epochs | training time | training TFLOP | inference GMACs/image | mAP | Rank-1 |",
+             "|---|---|---|---|---|---|---|"]
+    for curve, epochs, note in (("baseline", largest, "equal epochs"), ("baseline", equal_flops, "equal FLOPs"),
+                                ("Deep Miner", largest, "all branches"), ("Deep Miner served as G", largest, "same training")):
+        s = stats.loc[(curve, epochs)]
+        lines.append(f"| {curve} ({note}) | {epochs} | {s.train_minutes:.1f} min | {s.train_tflops:.1f} | {s.gmacs:.4f} | "
+                     f"{s.mAP:.1f} ± {s.mAP_std:.1f} | {s.rank1:.1f} ± {s.rank1_std:.1f} |")
+    return "\n".join(lines)
