@@ -22,14 +22,15 @@ from .model import DeepMiner
 from .train import Trainer, TrainConfig, baseline_config, recipe
 
 # %% auto #0
-__all__ = ['COMPUTE_BUDGETS', 'COMPUTE_SEEDS', 'COMPUTE_RESULTS', 'COMPUTE_SERIES', 'scaled_schedule', 'compute_config',
-           'training_step_flops', 'run_budget', 'run_compute_grid', 'compute_frame', 'compute_summary', 'plot_compute',
-           'compute_gaps', 'readme_compute']
+__all__ = ['COMPUTE_BUDGETS', 'COMPUTE_SEEDS', 'COMPUTE_RESULTS', 'COMPUTE_KEYS', 'COMPUTE_SERIES', 'scaled_schedule',
+           'compute_config', 'training_step_flops', 'run_budget', 'run_compute_grid', 'compute_frame',
+           'compute_summary', 'plot_compute', 'compute_gaps', 'readme_compute']
 
 # %% ../nbs/11a_compute.ipynb #6e1f796d
 COMPUTE_BUDGETS = {"baseline": (14, 20, 28, 56), "deep_miner": (5, 10, 20)}  # model -> epochs of each of its runs
 COMPUTE_SEEDS = (0, 1, 2)
 COMPUTE_RESULTS = Path("nbs/results/compute.json")  # the cache, relative to the repository root
+COMPUTE_KEYS = ("model", "epochs", "seed", "config")  # what every cached record holds
 
 
 def scaled_schedule(epochs: int) -> dict:
@@ -92,7 +93,7 @@ def run_compute_grid(budgets: dict[str, Sequence[int]] = COMPUTE_BUDGETS, seeds:
     returns the grid's records. `overrides` change the main job's settings (e.g. `root=...`, `P=4`)."""
     configs = {(m, e, s): compute_config(m, e, s, **overrides) for s in seeds for m in budgets for e in budgets[m]}
     key = lambda r: (r["model"], r["epochs"], r["seed"])
-    records = load_results(results, ("model", "epochs", "seed", "config"))
+    records = load_results(results, COMPUTE_KEYS)
     missing = [(k, c) for k, c in configs.items()
                if not any(key(r) == k and TrainConfig.from_dict(r["config"]) == c for r in records)]
     bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc="equal-compute grid", unit="run",
@@ -100,11 +101,11 @@ def run_compute_grid(budgets: dict[str, Sequence[int]] = COMPUTE_BUDGETS, seeds:
     for (model, epochs, seed), config in missing:
         bar.set_postfix_str(f"{model} {epochs} epochs seed {seed}")
         record = run_budget(model, seed, config, command)
-        records = [r for r in load_results(results, ("model", "epochs", "seed", "config")) if key(r) != key(record)]
+        records = [r for r in load_results(results, COMPUTE_KEYS) if key(r) != key(record)]
         save_results(records + [record], results)
         bar.update()
     bar.close()
-    done = {key(r): r for r in load_results(results, ("model", "epochs", "seed", "config"))}
+    done = {key(r): r for r in load_results(results, COMPUTE_KEYS)}
     return [done[k] for k in configs]
 
 # %% ../nbs/11a_compute.ipynb #89dafe55
@@ -116,8 +117,8 @@ def compute_frame(records: Sequence[dict]) -> pd.DataFrame:
     """The equal-compute records as one row per (curve of `COMPUTE_SERIES`, epochs, seed): mAP, Rank-1, training
     seconds, training TFLOPs (steps × FLOPs per step) and the descriptor's GMACs per image."""
     rows = [{"curve": label, "epochs": r["epochs"], "seed": r["seed"], "mAP": r["scores"][d]["mAP"],
-             "rank1": r["scores"][d]["rank1"], "train_seconds": r["train_seconds"], "train_tflops": r["steps"] * r["step_gflops"] / 1e3,
-             "gmacs": r["scores"][d]["gmacs"]}
+             "rank1": r["scores"][d]["rank1"], "train_seconds": r["train_seconds"],
+             "train_tflops": r["steps"] * r["step_gflops"] / 1e3, "gmacs": r["scores"][d]["gmacs"]}
             for label, (model, d) in COMPUTE_SERIES.items() for r in records if r["model"] == model and d in r["scores"]]
     return pd.DataFrame(rows)
 

@@ -1,5 +1,4 @@
 """The equal-compute study (deepminer.compute, nbs/11a_compute.ipynb): budgets, FLOP counting, the cache and its tables."""
-import json
 from pathlib import Path
 
 import matplotlib
@@ -7,14 +6,13 @@ import pytest
 
 matplotlib.use("Agg")
 
-from deepminer.compute import (COMPUTE_BUDGETS, COMPUTE_RESULTS, COMPUTE_SEEDS, COMPUTE_SERIES, compute_config,
-                               compute_frame, compute_gaps, compute_summary, plot_compute, readme_compute, run_compute_grid,
-                               scaled_schedule, training_step_flops)
+from deepminer.compute import (COMPUTE_BUDGETS, COMPUTE_KEYS, COMPUTE_RESULTS, COMPUTE_SEEDS, COMPUTE_SERIES,
+                               compute_config, compute_frame, compute_gaps, compute_summary, plot_compute, readme_compute,
+                               run_compute_grid, scaled_schedule, training_step_flops)
 from deepminer.ablation import load_results
 from deepminer.train import TrainConfig, recipe
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("model", "epochs", "seed", "config")
 
 
 def test_scaled_schedule_is_a_valid_schedule_inside_the_run():
@@ -84,7 +82,7 @@ def test_a_broken_cache_is_refused_and_left_as_it_was(tmp_path):
 
 
 def test_committed_cache_covers_the_study_and_matches_the_readme():
-    records = load_results(REPO / COMPUTE_RESULTS, KEYS)
+    records = load_results(REPO / COMPUTE_RESULTS, COMPUTE_KEYS)
     grid = {(m, e, s) for m, budgets in COMPUTE_BUDGETS.items() for e in budgets for s in COMPUTE_SEEDS}
     assert {(r["model"], r["epochs"], r["seed"]) for r in records} == grid
     for r in records:   # each run is the main job's recipe at its budget, as compute_config builds it today
