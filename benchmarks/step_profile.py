@@ -3,51 +3,99 @@
     python benchmarks/step_profile.py                     # the main job's configuration: ResNet-18, 64x32, P x K = 16 x 4
     python benchmarks/step_profile.py --config resnet18:128x64 --steps 5
 
-Two tables. The first is torch.profiler's self CPU time per operator, per step, for both models (taking turns), sorted by how far
-Deep Miner's time exceeds the FLOP ratio times the baseline's ("excess ms"): the operators that make the time ratio
-differ from the FLOP ratio. The second (skip it with --no-onednn) re-runs the steps in a child process with
-ONEDNN_VERBOSE=1 and sums oneDNN's own primitive times per kind — convolution forward, backward-data,
-backward-weights, and the reorders that convert weights and activations between PyTorch's layout and oneDNN's blocked
-ones, a cost that grows with the weights' size rather than with the FLOPs. Not a unit test.
+Four tables. The first is torch.profiler's self CPU time per operator, per step, for both models (taking turns),
+sorted by how far Deep Miner's time exceeds the FLOP ratio times the baseline's ("excess ms"): the operators that make
+the time ratio differ from the FLOP ratio. The second sums it into three parts — the convolutions (forward and
+backward), the other matrix products, and everything else (work FlopCounterMode does not count) — each with its own
+FLOP ratio: whether the difference lies in the kernels that do the FLOPs or in the work around them. The third lists
+the convolutions by pass and shape, with calls per step and ms per call in each model, and prices Deep Miner's calls
+at the baseline's ms per call: the part of the ratio that comes from which shapes it runs, not from how fast. The
+fourth (skip it with --no-onednn) re-runs the steps in child processes with ONEDNN_VERBOSE=1, the models taking turns,
+and sums oneDNN's own primitive times per kind — convolution forward, backward-data, backward-weights, and the
+reorders that convert weights and activations between PyTorch's layout and oneDNN's blocked ones. Not a unit test.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import os
+import platform
 import subprocess
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import count_flops, make_model, parse_config, train_step_fn  # noqa: E402
+from throughput import make_model, parse_config, train_step_fn  # noqa: E402
 
 KINDS = ("baseline", "deepminer")
 
 
-def step_fns(backbone: str, h: int, w: int, P: int, K: int) -> tuple[dict, float]:
-    "Each model's training-step closure and the Deep Miner / baseline FLOP ratio of a step."
+PARTS = ("convolutions, forward and backward", "matrix products (classifiers, attention)", "everything else")
+
+
+def part_of(op: str) -> str:
+    """Which part of a step profiler operator or FlopCounterMode op `op` ('aten::mm', 'aten.mm') belongs to: the
+    convolutions (oneDNN's kernels), the other matrix products, or everything else (normalisation, activations,
+    pooling, elementwise products, losses, optimizer: work that FlopCounterMode does not count)."""
+    name = op.replace("::", ".").removeprefix("aten.").split(".")[0]
+    if "convolution" in name:
+        return PARTS[0]
+    if name in ("mm", "bmm", "addmm", "baddbmm") or "scaled_dot_product" in name:
+        return PARTS[1]
+    return PARTS[2]
+
+
+def step_fns(backbone: str, h: int, w: int, P: int, K: int) -> tuple[dict, dict]:
+    "Each model's training-step closure, and its FLOPs per step: 'total' and one count per part of `PARTS`."
     steps, flops = {}, {}
     for kind in KINDS:
         steps[kind], fwd_bwd = train_step_fn(make_model(kind, backbone), P, K, h, w)
-        flops[kind] = count_flops(fwd_bwd)
-    return steps, flops["deepminer"] / flops["baseline"]
+        with FlopCounterMode(display=False) as counter:
+            fwd_bwd()
+        flops[kind] = collections.Counter()
+        for op, n in counter.get_flop_counts()["Global"].items():
+            flops[kind][part_of(str(op))] += n
+        flops[kind]["total"] = sum(counter.get_flop_counts()["Global"].values())
+    return steps, flops
 
 
-def operator_table(steps: dict, ratio: float, n: int, warmup: int, top: int, rounds: int):
-    "Self CPU ms per step and operator for each model, sorted by Deep Miner's excess over `ratio` × the baseline's."
+def split_table(b: dict, d: dict, flops: dict):
+    "Self CPU ms per step of each part of `PARTS` for both models, with its time ratio and its own FLOP ratio."
+    ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
+    print(f"\n{'part of the step':<44} {'baseline ms':>11} {'DM ms':>8} {'ratio':>6} {'excess ms':>9} {'FLOP ratio':>10}")
+    for part in PARTS:
+        tb = sum(t for op, t in b.items() if part_of(op) == part)
+        td = sum(t for op, t in d.items() if part_of(op) == part)
+        fb, fd = flops["baseline"][part], flops["deepminer"][part]
+        print(f"{part:<44} {tb:>11.1f} {td:>8.1f} {td / tb:>6.2f} {td - ratio * tb:>9.1f} "
+              f"{f'{fd / fb:.2f}' if fb else 'not counted':>10}")
+
+
+def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, rounds: int):
+    """Self CPU ms per step and operator for each model, sorted by Deep Miner's excess over the FLOP ratio × the
+    baseline's; then the same split into convolutions and everything else (`split_table`)."""
+    ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
     for step in steps.values():
         for _ in range(warmup):
             step()
     per_op = {kind: collections.Counter() for kind in steps}
+    per_conv = {kind: collections.defaultdict(lambda: [0.0, 0]) for kind in steps}  # (pass, shapes) -> [ms, calls]
     for _ in range(rounds):                  # the models take turns, so that both see the same machine
         for kind, step in steps.items():
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 for _ in range(n):
                     step()
             per_op[kind].update({e.key: e.self_cpu_time_total / (n * rounds) / 1e3 for e in prof.key_averages()})
+            for e in prof.key_averages(group_by_input_shape=True):
+                if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward"):
+                    x, wt = e.input_shapes[:2] if e.key == "aten::mkldnn_convolution" else e.input_shapes[1:3]
+                    row = per_conv[kind]["forward " if "mkldnn" in e.key else "backward", tuple(x[1:]), tuple(wt)]
+                    row[0] += e.self_cpu_time_total / (n * rounds) / 1e3
+                    row[1] += e.count / (n * rounds)
     b, d = per_op["baseline"], per_op["deepminer"]
     total_b, total_d = sum(b.values()), sum(d.values())
     print(f"self CPU time per step: baseline {total_b:.0f} ms, Deep Miner {total_d:.0f} ms, ratio {total_d / total_b:.2f} "
@@ -56,6 +104,25 @@ def operator_table(steps: dict, ratio: float, n: int, warmup: int, top: int, rou
     for op in sorted(set(b) | set(d), key=lambda k: -(d[k] - ratio * b[k]))[:top]:
         print(f"{op[:44]:<44} {b[op]:>11.1f} {d[op]:>8.1f} {d[op] / b[op] if b[op] else float('inf'):>6.2f} "
               f"{d[op] - ratio * b[op]:>9.1f}")
+    split_table(b, d, flops)
+    conv_shape_table(per_conv, top)
+
+
+def conv_shape_table(per_conv: dict, top: int):
+    """The convolutions by pass and shape: calls per step and ms per call in each model. The same shape costs the same
+    in both; Deep Miner's extra calls fall on the shapes of its branches, so the mix, not the kernels, sets its ratio."""
+    b, d = per_conv["baseline"], per_conv["deepminer"]
+    print(f"\n{'convolution pass, input (C, H, W), weight':<50} {'calls':>7} {'ms per call':>13} {'DM ms':>7}")
+    for key in sorted(set(b) | set(d), key=lambda k: -d[k][0])[:top]:
+        (tb, nb), (td, nd) = b[key], d[key]
+        calls, per_call = f"{nb:.0f}/{nd:.0f}", f"{tb / nb if nb else 0:.2f}/{td / nd if nd else 0:.2f}"
+        print(f"{key[0]:<9} {str(key[1]):<16} {str(key[2]):<23} {calls:>7} {per_call:>13} {td:>7.1f}")
+    shared = [key for key in d if b[key][1]]    # shapes both models run
+    at_baseline_speed = sum(d[key][1] * b[key][0] / b[key][1] for key in shared)
+    total_b = sum(t for t, _ in b.values())
+    print(f"Deep Miner's calls of the shapes both models run, at the baseline's ms per call: {at_baseline_speed:.1f} ms "
+          f"(ratio {at_baseline_speed / total_b:.2f}), against {sum(d[key][0] for key in shared):.1f} ms measured; "
+          f"shapes only Deep Miner runs: {sum(t for key, (t, _) in d.items() if key not in shared):.1f} ms")
 
 
 def onednn_child(args):
@@ -70,21 +137,23 @@ def onednn_child(args):
 
 
 def onednn_table(args, ratio: float):
-    "oneDNN's primitive time per step and kind for each model, from ONEDNN_VERBOSE in a child process."
-    sums = {}
-    for kind in KINDS:
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--config", args.config, "--P", str(args.P),
-                              "--K", str(args.K), "--steps", str(args.steps), "--warmup", str(args.warmup)],
-                             capture_output=True, text=True, env={**os.environ, "ONEDNN_VERBOSE": "1"}, check=True).stdout
-        counter = collections.Counter()
-        for line in out.split("STEPS START", 1)[1].splitlines():
-            fields = line.split(",")
-            if len(fields) > 8 and fields[2] == "primitive" and fields[3] == "exec":
-                name = fields[5] if fields[5] != "convolution" else f"convolution {fields[7]}"
-                counter[name] += float(fields[-1]) / args.steps
-        sums[kind] = counter
+    """oneDNN's primitive time per step and kind for each model, from ONEDNN_VERBOSE in child processes: one child per
+    model and turn, the models taking turns (`--rounds` each), so that both see the same machine."""
+    sums = {kind: collections.Counter() for kind in KINDS}
+    for _ in range(args.rounds):
+        for kind in KINDS:
+            out = subprocess.run([sys.executable, __file__, "--child", kind, "--config", args.config, "--P", str(args.P),
+                                  "--K", str(args.K), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                                 capture_output=True, text=True, env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                                 check=True).stdout
+            for line in out.split("STEPS START", 1)[1].splitlines():
+                fields = line.split(",")
+                if len(fields) > 8 and fields[2] == "primitive" and fields[3] == "exec":
+                    name = fields[5] if fields[5] != "convolution" else f"convolution {fields[7]}"
+                    sums[kind][name] += float(fields[-1]) / (args.steps * args.rounds)
     b, d = sums["baseline"], sums["deepminer"]
-    print(f"\noneDNN primitive time per step (ONEDNN_VERBOSE, {args.steps} steps after {args.warmup} untimed)\n")
+    print(f"\noneDNN primitive time per step (ONEDNN_VERBOSE, {args.rounds} turns of {args.steps} steps after "
+          f"{args.warmup} untimed, one child process per turn)\n")
     print(f"{'primitive':<32} {'baseline ms':>11} {'DM ms':>8} {'ratio':>6} {'excess ms':>9}")
     for name in sorted(set(b) | set(d), key=lambda k: -(d[k] - ratio * b[k])):
         print(f"{name:<32} {b[name]:>11.1f} {d[name]:>8.1f} {d[name] / b[name] if b[name] else float('inf'):>6.2f} "
@@ -106,11 +175,13 @@ def main(argv=None):
     if args.child:
         return onednn_child(args)
     backbone, h, w = parse_config(args.config)
-    print(f"# {args.config}, P x K = {args.P} x {args.K}, {torch.get_num_threads()} torch threads, torch {torch.__version__}\n")
-    steps, ratio = step_fns(backbone, h, w, args.P, args.K)
-    operator_table(steps, ratio, args.steps, args.warmup, args.top, args.rounds)
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} logical CPUs; {args.config}, P x K = {args.P} x {args.K}, {torch.get_num_threads()} torch "
+          f"threads, torch {torch.__version__}\n")
+    steps, flops = step_fns(backbone, h, w, args.P, args.K)
+    operator_table(steps, flops, args.steps, args.warmup, args.top, args.rounds)
     if not args.no_onednn:
-        onednn_table(args, ratio)
+        onednn_table(args, flops["deepminer"]["total"] / flops["baseline"]["total"])
 
 
 if __name__ == "__main__":
