@@ -1,4 +1,5 @@
-"""The τ explorer in a real browser: JupyterLab on localhost runs nbs/09_widgets.ipynb in headless Chromium, the test
+"""The τ explorer in a real browser: JupyterLab on localhost opens nbs/09_widgets.ipynb in headless Chromium and runs
+its cells up to the first explorer (the section a learner starts with; `nbdev_test` runs the whole notebook), the test
 drags the τ slider with the mouse, and the rendered mask images must change (new image data from the kernel).
 
 Needs the Debian package `chromium` (/usr/bin/chromium), and `playwright` and `jupyterlab` in the environment; it
@@ -23,6 +24,15 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 SERVER_START_S, PAGE_S, NOTEBOOK_RUN_S, UPDATE_S = 90, 90, 240, 30   # bounds of each wait, in seconds
+FIRST_EXPLORER = "TauExplorer(reference"   # in the source of the cell that shows the notebook's first explorer
+
+
+def cells_to_run() -> int:
+    "How many cells of the notebook, from the top, run in the browser: up to and including the first explorer's."
+    sources = ["".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]]
+    found = [i for i, source in enumerate(sources) if FIRST_EXPLORER in source]
+    assert found, f"no cell of {NOTEBOOK.name} contains {FIRST_EXPLORER!r}: where does the first explorer start?"
+    return found[0] + 1
 
 
 def missing_tools() -> list[str]:
@@ -105,11 +115,11 @@ def jupyterlab(tmp_path):
                 server.wait(timeout=10)
 
 
-NOTEBOOK_STATE = """() => {
+NOTEBOOK_STATE = """(n) => {
     const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
     if (!kernel || kernel.status !== 'idle') return false;
-    const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
+    const cells = panel.content.widgets.slice(0, n).filter(cell => cell.model.type === 'code');
     if (cells.some(cell => cell.model.outputs.toJSON().some(o => o.output_type === 'error'))) return 'error';
     return cells.length > 0 && cells.every(cell => cell.model.executionCount !== null) && 'done';
 }"""
@@ -129,8 +139,10 @@ def test_dragging_the_tau_slider_changes_the_rendered_masks(jupyterlab):
             page.wait_for_function("""() => { const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;
                 return p && p.sessionContext && p.sessionContext.session && p.sessionContext.session.kernel
                     && p.sessionContext.session.kernel.status === 'idle'; }""")
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            state = page.wait_for_function(NOTEBOOK_STATE, timeout=NOTEBOOK_RUN_S * 1000, polling=1000).json_value()
+            n = cells_to_run()
+            page.evaluate("""(n) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = n;
+                return window.jupyterapp.commands.execute('notebook:run-all-above'); }""", n)   # cells 0 … n-1
+            state = page.wait_for_function(NOTEBOOK_STATE, arg=n, timeout=NOTEBOOK_RUN_S * 1000, polling=1000).json_value()
             if state != "done":
                 errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
                 pytest.fail(f"a cell of the notebook failed in JupyterLab: {[e[-1200:] for e in errors]}")
