@@ -32,8 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import make_model, parse_config, train_step_fn  # noqa: E402
 
 KINDS = ("baseline", "deepminer")
-
-
 PARTS = ("convolutions, forward and backward", "matrix products (classifiers, attention)", "everything else")
 
 
@@ -77,7 +75,7 @@ def split_table(b: dict, d: dict, flops: dict):
 
 def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, rounds: int):
     """Self CPU ms per step and operator for each model, sorted by Deep Miner's excess over the FLOP ratio × the
-    baseline's; then the same split into convolutions and everything else (`split_table`)."""
+    baseline's; then the same time in three parts (`split_table`) and the convolutions by shape (`conv_shape_table`)."""
     ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
     for step in steps.values():
         for _ in range(warmup):
@@ -93,7 +91,7 @@ def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, roun
             for e in prof.key_averages(group_by_input_shape=True):
                 if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward"):
                     x, wt = e.input_shapes[:2] if e.key == "aten::mkldnn_convolution" else e.input_shapes[1:3]
-                    row = per_conv[kind]["forward " if "mkldnn" in e.key else "backward", tuple(x[1:]), tuple(wt)]
+                    row = per_conv[kind]["forward" if "mkldnn" in e.key else "backward", tuple(x[1:]), tuple(wt)]
                     row[0] += e.self_cpu_time_total / (n * rounds) / 1e3
                     row[1] += e.count / (n * rounds)
     b, d = per_op["baseline"], per_op["deepminer"]
@@ -109,19 +107,20 @@ def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, roun
 
 
 def conv_shape_table(per_conv: dict, top: int):
-    """The convolutions by pass and shape: calls per step and ms per call in each model. The same shape costs the same
-    in both; Deep Miner's extra calls fall on the shapes of its branches, so the mix, not the kernels, sets its ratio."""
+    """The convolutions by pass and shape: calls per step and ms per call in each model; then Deep Miner's calls priced
+    at the baseline's ms per call. Where a shape costs the same in both models, that price against the baseline's own
+    convolution time is the ratio that comes from which shapes Deep Miner runs, not from how fast they run."""
     b, d = per_conv["baseline"], per_conv["deepminer"]
     print(f"\n{'convolution pass, input (C, H, W), weight':<50} {'calls':>7} {'ms per call':>13} {'DM ms':>7}")
-    for key in sorted(set(b) | set(d), key=lambda k: -d[k][0])[:top]:
-        (tb, nb), (td, nd) = b[key], d[key]
+    for key in sorted(set(b) | set(d), key=lambda k: -d.get(k, (0.0, 0))[0])[:top]:
+        (tb, nb), (td, nd) = b.get(key, (0.0, 0)), d.get(key, (0.0, 0))
         calls, per_call = f"{nb:.0f}/{nd:.0f}", f"{tb / nb if nb else 0:.2f}/{td / nd if nd else 0:.2f}"
         print(f"{key[0]:<9} {str(key[1]):<16} {str(key[2]):<23} {calls:>7} {per_call:>13} {td:>7.1f}")
-    shared = [key for key in d if b[key][1]]    # shapes both models run
+    shared = [key for key in d if key in b]    # shapes both models run
     at_baseline_speed = sum(d[key][1] * b[key][0] / b[key][1] for key in shared)
     total_b = sum(t for t, _ in b.values())
     print(f"Deep Miner's calls of the shapes both models run, at the baseline's ms per call: {at_baseline_speed:.1f} ms "
-          f"(ratio {at_baseline_speed / total_b:.2f}), against {sum(d[key][0] for key in shared):.1f} ms measured; "
+          f"({at_baseline_speed / total_b:.2f} times the baseline's convolution time), against {sum(d[key][0] for key in shared):.1f} ms measured; "
           f"shapes only Deep Miner runs: {sum(t for key, (t, _) in d.items() if key not in shared):.1f} ms")
 
 
