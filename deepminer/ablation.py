@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -29,7 +29,7 @@ from .visualize import activation_energy, inspect_eval, part_shares, read_part_l
 # %% auto #0
 __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', 'ABLATION_SIZE', 'SEEDS', 'RESULTS',
            'ablation_config', 'branch_part_shares', 'git_commit', 'machine_name', 'load_results', 'save_results',
-           'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
+           'run_cached', 'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
            'part_share_frame', 'plot_part_shares', 'shift_from_global', 'part_share_difference',
            'plot_part_share_difference', 'readme_results', 'branch_score_table']
 
@@ -136,6 +136,29 @@ def save_results(records: list[dict], path: str | Path = RESULTS):
     tmp.write_text(json.dumps(records, indent=1) + "\n")
     os.replace(tmp, path)
 
+# %% ../nbs/11_ablation.ipynb #9d875755
+def run_cached(configs: dict[tuple, TrainConfig], fields: Sequence[str], run: Callable[[tuple, TrainConfig], dict],
+               results: str | Path, desc: str = "grid", progress: bool = True) -> list[dict]:
+    """Call `run(key, config)` for each `key -> config` of `configs` that the cache `results` does not already hold: a
+    record stands for `key` when its `fields` equal it, and is reused only if its config is `config`. Each new record
+    is saved at once, replacing an outdated one, so an interrupted grid goes on where it stopped. Returns the records
+    in the order of `configs`."""
+    key = lambda record: tuple(record[f] for f in fields)
+    keys = (*fields, "config")
+    records = load_results(results, keys)
+    missing = [(k, config) for k, config in configs.items()
+               if not any(key(r) == k and TrainConfig.from_dict(r["config"]) == config for r in records)]
+    bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc=desc, unit="run", disable=not progress)
+    for k, config in missing:
+        bar.set_postfix_str(", ".join(f"{f} {v}" for f, v in zip(fields, k)))
+        record = run(k, config)
+        records = [r for r in load_results(results, keys) if key(r) != k] + [record]
+        save_results(records, results)
+        bar.update()
+    bar.close()
+    done = {key(r): r for r in records}
+    return [done[k] for k in configs]
+
 # %% ../nbs/11_ablation.ipynb #6ff83ba1
 def run_ablation(variant: str, seed: int, config: TrainConfig, parts: bool = False, progress: bool = False) -> dict:
     """Train and evaluate one ablation run (nothing written to disk but the data); returns its record. With `parts`,
@@ -161,19 +184,9 @@ def run_grid(variants: Sequence[str] | None = None, seeds: Sequence[int] = SEEDS
     order. `overrides` change `ABLATION_SIZE` (e.g. `epochs=1`, `root=...`)."""
     variants = list(ABLATION_VARIANTS) if variants is None else list(variants)
     configs = {(v, s): ablation_config(v, s, **overrides) for s in seeds for v in variants}   # validates names first
-    records = load_results(results)
-    missing = [(key, config) for key, config in configs.items()
-               if not any((r["variant"], r["seed"]) == key and TrainConfig.from_dict(r["config"]) == config for r in records)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc="ablation grid", unit="run", disable=not progress)
-    for (variant, seed), config in missing:
-        bar.set_postfix_str(f"{variant} seed {seed}")
-        record = run_ablation(variant, seed, config, parts=variant in part_variants)
-        records = [r for r in load_results(results) if (r["variant"], r["seed"]) != (variant, seed)] + [record]
-        save_results(records, results)
-        bar.update()
-    bar.close()
-    done = {(r["variant"], r["seed"]): r for r in records}
-    return [done[key] for key in configs]
+    return run_cached(configs, ("variant", "seed"),
+                      lambda key, config: run_ablation(*key, config, parts=key[0] in part_variants),
+                      results, "ablation grid", progress)
 
 # %% ../nbs/11_ablation.ipynb #2774d85f
 def summarize(records: Sequence[dict]) -> pd.DataFrame:

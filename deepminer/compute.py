@@ -13,9 +13,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
-from .ablation import git_commit, load_results, machine_name, save_results
+from .ablation import git_commit, machine_name, run_cached
 from .evaluate import descriptor_macs, evaluate_branches
 from .losses import DeepMinerLoss
 from .model import DeepMiner
@@ -85,28 +84,16 @@ def run_budget(model: str, seed: int, config: TrainConfig, command: str = "", pr
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name()}
 
 
+# %% ../nbs/11a_compute.ipynb #be4d4043
 def run_compute_grid(budgets: dict[str, Sequence[int]] = COMPUTE_BUDGETS, seeds: Sequence[int] = COMPUTE_SEEDS,
                      results: str | Path = COMPUTE_RESULTS, command: str = "run_compute_grid()", progress: bool = True,
                      **overrides) -> list[dict]:
     """Run every (model, epochs, seed) of `budgets` × `seeds`, seed by seed, that the cache `results` does not already
-    hold with the same configuration, saving each record as it comes (an interrupted grid resumes where it stopped);
-    returns the grid's records. `overrides` change the main job's settings (e.g. `root=...`, `P=4`)."""
+    hold with the same configuration, saving each record as it comes (`run_cached`: an interrupted grid resumes where
+    it stopped); returns the grid's records. `overrides` change the main job's settings (e.g. `root=...`, `P=4`)."""
     configs = {(m, e, s): compute_config(m, e, s, **overrides) for s in seeds for m in budgets for e in budgets[m]}
-    key = lambda r: (r["model"], r["epochs"], r["seed"])
-    records = load_results(results, COMPUTE_KEYS)
-    missing = [(k, c) for k, c in configs.items()
-               if not any(key(r) == k and TrainConfig.from_dict(r["config"]) == c for r in records)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc="equal-compute grid", unit="run",
-               disable=not progress)
-    for (model, epochs, seed), config in missing:
-        bar.set_postfix_str(f"{model} {epochs} epochs seed {seed}")
-        record = run_budget(model, seed, config, command)
-        records = [r for r in load_results(results, COMPUTE_KEYS) if key(r) != key(record)]
-        save_results(records + [record], results)
-        bar.update()
-    bar.close()
-    done = {key(r): r for r in load_results(results, COMPUTE_KEYS)}
-    return [done[k] for k in configs]
+    return run_cached(configs, COMPUTE_KEYS[:-1], lambda key, config: run_budget(key[0], key[2], config, command),
+                      results, "equal-compute grid", progress)
 
 # %% ../nbs/11a_compute.ipynb #89dafe55
 COMPUTE_SERIES = {"baseline": ("baseline", "all"), "Deep Miner": ("deep_miner", "all"),
@@ -133,6 +120,7 @@ def compute_summary(records: Sequence[dict]) -> pd.DataFrame:
     return stats.round(2).assign(gmacs=stats.gmacs.round(4))
 
 
+# %% ../nbs/11a_compute.ipynb #354a3788
 def plot_compute(records: Sequence[dict], axes=None):
     """mAP (mean ± std over seeds) of each curve of `COMPUTE_SERIES` against training epochs (equal epochs, the
     paper's protocol), training wall time and training FLOPs (equal compute): three panels sharing the mAP axis."""

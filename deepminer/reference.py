@@ -17,7 +17,7 @@ from PIL import Image
 
 import deepminer
 
-from .ablation import branch_part_shares, git_commit, load_results, machine_name, save_results
+from .ablation import branch_part_shares, git_commit, load_results, machine_name, run_cached, save_results
 from torch.utils.data import DataLoader
 
 from .data import ReIDImages, build_dataset, build_transforms
@@ -139,18 +139,14 @@ def run_references(variants: Sequence[str] | None = None, seeds: Sequence[int] =
                    runs: str | Path = REFERENCE_RUNS, results: str | Path = REFERENCE_RESULTS,
                    command: str = "deepminer-reference", progress: bool = False, **overrides) -> list[dict]:
     """Every (seed, variant) of `seeds` × `variants` (default: both of `REFERENCE_VARIANTS`) that the cache `results`
-    lacks with the same configuration: trained (or resumed) with `run_reference`, each record saved as it comes.
+    lacks with the same configuration: trained (or resumed) with `run_reference`, each record saved as it comes
+    (`run_cached`).
     `overrides` change `REFERENCE_SIZE`. Returns the records in order."""
     variants = list(REFERENCE_VARIANTS) if variants is None else list(variants)
     configs = {(v, s): reference_config(v, s, **overrides) for s in seeds for v in variants}   # validates first
-    for (variant, seed), config in configs.items():
-        if any((r["variant"], r["seed"]) == (variant, seed) and TrainConfig.from_dict(r["config"]) == config for r in load_results(results)):
-            continue
-        record = run_reference(variant, seed, config, runs, command, progress)
-        kept = [r for r in load_results(results) if (r["variant"], r["seed"]) != (variant, seed)]
-        save_results(kept + [record], results)
-    done = {(r["variant"], r["seed"]): r for r in load_results(results)}
-    return [done[key] for key in configs]
+    return run_cached(configs, ("variant", "seed"),
+                      lambda key, config: run_reference(*key, config, runs, command, progress),
+                      results, "reference runs", progress=False)   # `progress` is each run's own bar
 
 # %% ../nbs/06a_reference.ipynb #c5576e63
 TRUNK_PREFIXES = ("stem.", "stages.0.", "stages.1.", "stages.2.")  # the global branch through B3 (attention included)
