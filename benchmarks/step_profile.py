@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import os
-import platform
 import subprocess
 import sys
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import make_model, parse_config, train_step_fn  # noqa: E402
+from throughput import machine_line, make_model, parse_config, train_step_fn  # noqa: E402
 
 KINDS = ("baseline", "deepminer")
 PARTS = ("convolutions, forward and backward", "matrix products (classifiers, attention)", "everything else")
@@ -61,9 +58,9 @@ def step_fns(backbone: str, h: int, w: int, P: int, K: int) -> tuple[dict, dict]
     return steps, flops
 
 
-def split_table(b: dict, d: dict, flops: dict):
-    "Self CPU ms per step of each part of `PARTS` for both models, with its time ratio and its own FLOP ratio."
-    ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
+def split_table(b: dict, d: dict, flops: dict, ratio: float):
+    """Self CPU ms per step of each part of `PARTS` for both models, with its time ratio, its excess over the step's
+    FLOP ratio `ratio`, and its own FLOP ratio."""
     print(f"\n{'part of the step':<44} {'baseline ms':>11} {'DM ms':>8} {'ratio':>6} {'excess ms':>9} {'FLOP ratio':>10}")
     for part in PARTS:
         tb = sum(t for op, t in b.items() if part_of(op) == part)
@@ -73,10 +70,9 @@ def split_table(b: dict, d: dict, flops: dict):
               f"{f'{fd / fb:.2f}' if fb else 'not counted':>10}")
 
 
-def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, rounds: int):
-    """Self CPU ms per step and operator for each model, sorted by Deep Miner's excess over the FLOP ratio × the
+def operator_table(steps: dict, flops: dict, ratio: float, n: int, warmup: int, top: int, rounds: int):
+    """Self CPU ms per step and operator for each model, sorted by Deep Miner's excess over the FLOP ratio `ratio` × the
     baseline's; then the same time in three parts (`split_table`) and the convolutions by shape (`conv_shape_table`)."""
-    ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -102,7 +98,7 @@ def operator_table(steps: dict, flops: dict, n: int, warmup: int, top: int, roun
     for op in sorted(set(b) | set(d), key=lambda k: -(d[k] - ratio * b[k]))[:top]:
         print(f"{op[:44]:<44} {b[op]:>11.1f} {d[op]:>8.1f} {d[op] / b[op] if b[op] else float('inf'):>6.2f} "
               f"{d[op] - ratio * b[op]:>9.1f}")
-    split_table(b, d, flops)
+    split_table(b, d, flops, ratio)
     conv_shape_table(per_conv, top)
 
 
@@ -118,10 +114,12 @@ def conv_shape_table(per_conv: dict, top: int):
         print(f"{key[0]:<9} {str(key[1]):<16} {str(key[2]):<23} {calls:>7} {per_call:>13} {td:>7.1f}")
     shared = [key for key in d if key in b]    # shapes both models run
     at_baseline_speed = sum(d[key][1] * b[key][0] / b[key][1] for key in shared)
+    measured = sum(d[key][0] for key in shared)
+    only_deep_miner = sum(t for key, (t, _) in d.items() if key not in shared)
     total_b = sum(t for t, _ in b.values())
     print(f"Deep Miner's calls of the shapes both models run, at the baseline's ms per call: {at_baseline_speed:.1f} ms "
-          f"({at_baseline_speed / total_b:.2f} times the baseline's convolution time), against {sum(d[key][0] for key in shared):.1f} ms measured; "
-          f"shapes only Deep Miner runs: {sum(t for key, (t, _) in d.items() if key not in shared):.1f} ms")
+          f"({at_baseline_speed / total_b:.2f} times the baseline's convolution time), against {measured:.1f} ms "
+          f"measured; shapes only Deep Miner runs: {only_deep_miner:.1f} ms")
 
 
 def onednn_child(args):
@@ -174,13 +172,12 @@ def main(argv=None):
     if args.child:
         return onednn_child(args)
     backbone, h, w = parse_config(args.config)
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical CPUs; {args.config}, P x K = {args.P} x {args.K}, {torch.get_num_threads()} torch "
-          f"threads, torch {torch.__version__}\n")
+    print(f"# {machine_line()}\n# {args.config}, P x K = {args.P} x {args.K}\n")
     steps, flops = step_fns(backbone, h, w, args.P, args.K)
-    operator_table(steps, flops, args.steps, args.warmup, args.top, args.rounds)
+    ratio = flops["deepminer"]["total"] / flops["baseline"]["total"]
+    operator_table(steps, flops, ratio, args.steps, args.warmup, args.top, args.rounds)
     if not args.no_onednn:
-        onednn_table(args, flops["deepminer"]["total"] / flops["baseline"]["total"])
+        onednn_table(args, ratio)
 
 
 if __name__ == "__main__":

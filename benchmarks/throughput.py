@@ -20,7 +20,6 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -43,6 +42,13 @@ def parse_config(text: str) -> tuple[str, int, int]:
         return backbone, int(h), int(w)
     except ValueError:
         raise SystemExit(f"--configs: expected BACKBONE:HxW such as resnet50:384x128, got {text!r}")
+
+
+def machine_line() -> str:
+    "When and where a benchmark runs: UTC time, CPU, logical CPUs, torch threads, torch and Python versions."
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (f"{now:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def timed(fn, warmup: int, runs: int) -> list[float]:
@@ -131,8 +137,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
 
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} logical CPUs, {threads} torch threads; torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"# {machine_line()}")
     print("# the machine is shared: a 2048^3 float32 matmul (best of 3) is timed just before each row ('mm GFLOP/s'),\n"
           "# and '% mm' is the row's achieved FLOP/s against it; 'load' is the 1-minute load average before the row")
     print(f"# inference batch {args.batch}, training batch P x K = {args.P} x {args.K}; warmup {args.warmup}, "
