@@ -21,7 +21,7 @@ from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
 from .model import DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
 from .export import EXPORT_FORMATS, export_checkpoint
-from .synthetic import SyntheticConfig, make_synthetic_reid
+from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
 from .data import BAD_IMAGE_POLICIES
 from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate_checkpoint,
@@ -176,9 +176,12 @@ def synth_parser() -> argparse.ArgumentParser:
              "max_cameras_per_id": "most cameras that see an identity (default: min(4, cameras))", "images_per_camera": "crops per identity per camera",
              "distractors": "gallery crops of strangers (pid 0000)", "junk": "gallery junk crops (pid -1)",
              "height": "image height in pixels", "width": "image width in pixels",
-             "occlusion": "probability of an occluder per image", "min_shared": "fewest identities sharing any part look"}
+             "occlusion": "probability of an occluder per image", "min_shared": "fewest identities sharing any part look",
+             "world": "balanced: no part identifies anyone; shortcut: the top identifies each training identity, and "
+                      "test identities share one top per group", "shortcut_group": "shortcut world: test identities per shared top"}
     for name, default in asdict(SyntheticConfig()).items():
         sizes.add_argument(f"--{name.replace('_', '-')}", type=int if name == "max_cameras_per_id" else type(default),
+                           choices=WORLDS if name == "world" else None,
                            default=None if name == "max_cameras_per_id" else default,
                            help=helps[name] if name == "max_cameras_per_id" else f"{helps[name]} (default: %(default)s)")
     return parser

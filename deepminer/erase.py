@@ -20,23 +20,26 @@ def check_tau(tau: float, name: str = "tau") -> float:
     return tau
 
 # %% ../nbs/02_erase.ipynb #077ae146
-def normalized_activation(y: torch.Tensor) -> torch.Tensor:
-    """The channel-wise mean of feature maps `y` (B, C, H, W), min-max normalized over H×W per sample: Ỹⁿ of
-    eq. (1), shape (B, 1, H, W), float32, detached. A constant map normalizes to zeros (not NaN)."""
+def normalized_activation(y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The channel-wise mean of feature maps `y` (B, C, H, W), min-max normalized over the positions per sample: Ỹⁿ
+    of eq. (1), shape (B, 1, H, W), float32, detached. A constant map normalizes to zeros (not NaN). With `size`,
+    the mean is first resized (bilinear) to that grid — for a mask read from another block (`ErO`'s `source`)."""
     if y.dim() != 4:
         raise ValueError(f"expected feature maps of shape (B, C, H, W), got a tensor of shape {tuple(y.shape)}")
     mean = y.detach().float().mean(dim=1, keepdim=True)          # (B, 1, H, W)
+    if size is not None and tuple(size) != tuple(mean.shape[-2:]):
+        mean = nn.functional.interpolate(mean, size=tuple(size), mode="bilinear", align_corners=False)
     low = mean.amin(dim=(2, 3), keepdim=True)                    # (B, 1, 1, 1)
     span = mean.amax(dim=(2, 3), keepdim=True) - low             # (B, 1, 1, 1)
     span = torch.where(span > 0, span, torch.ones_like(span))    # constant map: (mean - low) = 0, so 0 / 1 = 0
     return (mean - low) / span                                   # (B, 1, H, W) in [0, 1]
 
 # %% ../nbs/02_erase.ipynb #b0a3ea76
-def erase_mask(y: torch.Tensor, tau: float) -> torch.Tensor:
+def erase_mask(y: torch.Tensor, tau: float, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Eq. (1): the mask M of shape (B, 1, H, W), 0 where the normalized mean activation of `y` (B, C, H, W)
-    exceeds `tau` and 1 elsewhere, in the dtype of `y` and without gradient."""
+    exceeds `tau` and 1 elsewhere, in the dtype of `y` and without gradient (`size`: on that grid instead)."""
     tau = check_tau(tau)
-    return (normalized_activation(y) <= tau).to(y.dtype)  # (B, 1, H, W) in {0, 1}
+    return (normalized_activation(y, size) <= tau).to(y.dtype)  # (B, 1, H, W) in {0, 1}
 
 # %% ../nbs/02_erase.ipynb #ff3c8b86
 class ErO(nn.Module):
@@ -55,9 +58,11 @@ class ErO(nn.Module):
     def tau(self, value: float):
         self._tau = check_tau(value)
 
-    def forward(self, y: torch.Tensor, return_mask: bool = False):
-        "Erase `y` (B, C, H, W); with `return_mask=True` return `(erased, mask)`, the mask being (B, 1, H, W)."
-        mask = erase_mask(y, self.tau)  # (B, 1, H, W)
+    def forward(self, y: torch.Tensor, return_mask: bool = False, source: torch.Tensor | None = None):
+        """Erase `y` (B, C, H, W); with `return_mask=True` return `(erased, mask)`, the mask being (B, 1, H, W).
+        `source`: read the mask from these feature maps (B, C', h', w') brought to y's grid instead of from `y`
+        (a departure from eq. 1; see below)."""
+        mask = erase_mask(y if source is None else source, self.tau, y.shape[-2:])  # (B, 1, H, W)
         erased = y * mask               # (B, C, H, W): the mask broadcasts over channels
         return (erased, mask) if return_mask else erased
 

@@ -20,8 +20,8 @@ from .attention import CHAM_GATES, Attention
 from .erase import ErO, check_tau
 
 # %% auto #0
-__all__ = ['RESNETS', 'ATTENTION_AFTER', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file', 'build_resnet',
-           'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
+__all__ = ['RESNETS', 'ATTENTION_AFTER', 'ERASE_SOURCES', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file',
+           'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
            'DeepMinerConfig', 'check_input_size', 'check_images', 'make_heads', 'Inspection', 'DeepMiner',
            'model_device', 'branch_summary', 'format_branch_table']
 
@@ -128,9 +128,10 @@ class InputErasedBranch(nn.Module):
         self.ero = ErO(tau)
         self.stages = copy.deepcopy(stages[position:])  # B_{i+1}^e … B_4^e, attention included
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Erase `y` = Y_position (B, C, H, W) and mine it: returns (last feature maps, erase mask (B, 1, H, W))."
-        z, mask = self.ero(y, return_mask=True)
+    def forward(self, y: torch.Tensor, source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Erase `y` = Y_position (B, C, H, W) and mine it: returns (last feature maps, erase mask (B, 1, H, W)).
+        `source`: the feature maps the mask is read from, if not `y` itself (`DeepMinerConfig.erase_source`)."""
+        z, mask = self.ero(y, return_mask=True, source=source)
         for stage in self.stages:
             z = stage(z)
         return z, mask
@@ -174,6 +175,12 @@ class BNNeck(nn.Module):
         return normalized, self.classifier(normalized)
 
 # %% ../nbs/04_model.ipynb #81ba0e1d
+ERASE_SOURCES = {
+    "block": "eq. (1): the channel mean of Y_i, the maps the branch erases (the paper)",
+    "global": "the channel mean of G's last feature maps Y_4, resized to block i's grid (a departure from the paper)",
+}  # DeepMinerConfig.erase_source -> what ErO's mask is read from
+
+
 @dataclass
 class DeepMinerConfig:
     """Every option of the Deep Miner network. The defaults are the paper's network but for two choices that the
@@ -183,6 +190,7 @@ class DeepMinerConfig:
     backbone: str = "resnet50"             # a key of RESNETS
     ie_after: tuple[int, ...] = (2, 3)     # an IE branch after each of these blocks, §3.2 (Tables 1–2)
     tau: float = 0.8                       # ErO's threshold, eq. (1) (Figure 7)
+    erase_source: str = "block"            # where ErO reads its mask: a key of ERASE_SOURCES ("block" = eq. 1)
     local_branch: bool = True              # the stripes branch on Y3, §3.3 (Table 3)
     stripes: int = 4                       # its horizontal stripes
     sam: bool = True                       # spatial attention after B2 and B3, §3.4 (Table 4)
@@ -201,6 +209,8 @@ class DeepMinerConfig:
         if len(set(self.ie_after)) != len(self.ie_after):
             raise ValueError(f"ie_after must not repeat a position, got {self.ie_after}")
         self.tau = check_tau(self.tau)
+        if self.erase_source not in ERASE_SOURCES:
+            raise ValueError(f"erase_source must be one of {list(ERASE_SOURCES)}, got {self.erase_source!r}")
         if isinstance(self.stripes, bool) or not isinstance(self.stripes, int) or self.stripes < 1:
             raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {self.stripes!r}")
         if self.cham_gate not in CHAM_GATES:
@@ -298,7 +308,8 @@ class DeepMiner(nn.Module):
         feature_maps, erase_inputs, erase_masks = {"global": y}, {}, {}
         for k, branch in enumerate(self.ie_branches, start=1):
             y_i = block_outputs[branch.position]
-            feature_maps[f"ie{k}"], erase_masks[f"ie{k}"] = branch(y_i)
+            source = block_outputs[4] if self.config.erase_source == "global" else None   # None: eq. (1), from y_i
+            feature_maps[f"ie{k}"], erase_masks[f"ie{k}"] = branch(y_i, source)
             erase_inputs[f"ie{k}"] = y_i
         if self.local_branch is not None:
             feature_maps["local"] = self.local_branch(block_outputs[3])

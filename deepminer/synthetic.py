@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'COLOURS', 'ATTRIBUTES', 'PART_ATTRIBUTES', 'TEXTURES', 'SKINS', 'FACINGS', 'BUILD_WIDTH', 'MARKET_FOLDERS',
-           'Identity', 'draw_identities', 'Camera', 'draw_cameras', 'render_image', 'SyntheticConfig',
-           'make_synthetic_reid']
+__all__ = ['PARTS', 'COLOURS', 'ATTRIBUTES', 'PART_ATTRIBUTES', 'TEXTURES', 'SKINS', 'FACINGS', 'BUILD_WIDTH', 'WORLDS',
+           'SHORTCUT_COLOURS', 'SHORTCUT_TOPS', 'MARKET_FOLDERS', 'Identity', 'draw_identities', 'Camera',
+           'draw_cameras', 'render_image', 'shortcut_torsos', 'SyntheticConfig', 'make_synthetic_reid',
+           'part_colour_descriptor', 'nearest_neighbour_accuracy']
 
 # %% ../nbs/00_synthetic.ipynb #38cb57db
 PARTS = ("background", "head", "torso", "legs", "shoes", "accessory")  # label of each pixel in the layout maps
@@ -27,7 +28,7 @@ COLOURS = {
     "black": (35, 35, 38), "white": (228, 228, 222), "grey": (128, 128, 132), "red": (190, 38, 44),
     "blue": (42, 74, 180), "green": (48, 130, 70), "yellow": (222, 190, 50), "brown": (112, 74, 44),
     "pink": (222, 130, 170), "orange": (226, 120, 40), "navy": (30, 40, 90), "beige": (200, 180, 140),
-    "blonde": (214, 180, 110), "auburn": (140, 60, 30),
+    "blonde": (214, 180, 110), "auburn": (140, 60, 30), "purple": (120, 56, 160), "cyan": (40, 170, 190),
 }  # name -> RGB
 
 ATTRIBUTES = {
@@ -45,7 +46,7 @@ ATTRIBUTES = {
 }  # attribute -> possible values
 
 PART_ATTRIBUTES = {
-    "head": ("hair", "hat", "hat_colour"), "torso": ("torso_colour", "torso_pattern"),
+    "head": ("hair", "hat", "hat_colour"), "torso": ("torso_colour", "torso_pattern", "torso_band"),
     "legs": ("leg_colour", "leg_style"), "shoes": ("shoe_colour",),
     "accessory": ("accessory", "accessory_colour"), "build": ("build",),
 }  # a part's "look" is the tuple of these attributes
@@ -67,6 +68,7 @@ class Identity:
     accessory: str
     accessory_colour: str
     build: str
+    torso_band: str = "none"   # the colour of the top's lower half: "none" (one colour) but in the shortcut world
 
     def look(self, part: str) -> tuple:
         "The values of the attributes of `part` (a key of `PART_ATTRIBUTES`)."
@@ -78,8 +80,10 @@ class Identity:
 
 
 def _normalized(attrs: dict) -> dict:
-    "Attributes with the invisible ones set to 'none' (no hat, no hat colour; no accessory, no accessory colour)."
+    """Attributes with the invisible ones set to 'none' (no hat, no hat colour; no accessory, no accessory colour),
+    and a one-colour top (`torso_band` 'none') unless the attributes say otherwise."""
     attrs = dict(attrs)
+    attrs.setdefault("torso_band", "none")
     if attrs["hat"] == "none": attrs["hat_colour"] = "none"
     if attrs["accessory"] == "none": attrs["accessory_colour"] = "none"
     return attrs
@@ -290,6 +294,8 @@ def _draw_torso(canvas: _Canvas, person: Identity, body: _Body):
     pattern_colour = (30, 30, 30) if torso_colour.mean() > 140 else (235, 235, 235)
     box = (body.x0 - body.torso_w / 2, top, body.x0 + body.torso_w / 2, waist)
     canvas.shape("rectangle", box, torso_colour, "torso")
+    if person.torso_band != "none":                      # the shortcut world: a lower band in a second colour
+        canvas.shape("rectangle", (box[0], (top + waist) / 2, box[2], waist), COLOURS[person.torso_band], "torso")
     _draw_pattern(canvas, person.torso_pattern, box, pattern_colour, body)
     skin, arm_w = SKINS[person.skin], body.arm_w
     for ax in body.arms_x:
@@ -389,6 +395,30 @@ def render_image(person: Identity | None, camera: Camera, rng: np.random.Generat
     pixels += rng.normal(0, rng.uniform(2, 8), size=pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), np.asarray(labels, dtype=np.uint8)
 
+# %% ../nbs/00_synthetic.ipynb #69b340be
+WORLDS = ("balanced", "shortcut")   # SyntheticConfig.world
+SHORTCUT_COLOURS = ("red", "blue", "green", "yellow", "white", "black", "grey", "orange", "pink", "purple", "cyan", "brown")
+SHORTCUT_TOPS = tuple((a, b) for a in SHORTCUT_COLOURS for b in SHORTCUT_COLOURS if a != b)  # (upper, lower) bands
+
+
+def shortcut_torsos(people: list[Identity], group: int | None, rng: np.random.Generator) -> list[Identity]:
+    """`people` with the shortcut world's tops: plain, in two colour bands from `SHORTCUT_TOPS`. `group` None: a top
+    of their own for each person (the torso alone identifies); else people in a random order share one top per
+    `group` of them, each group another top (a last person left alone joins the group before)."""
+    if group is None:
+        n_tops = len(people)
+    else:
+        n_tops = max(1, -(-len(people) // group) - (len(people) % group == 1))
+    if n_tops > len(SHORTCUT_TOPS):
+        raise ValueError(f"the shortcut world has {len(SHORTCUT_TOPS)} distinct tops, {n_tops} were needed "
+                         f"(train_ids must be at most {len(SHORTCUT_TOPS)})")
+    tops = [SHORTCUT_TOPS[i] for i in rng.choice(len(SHORTCUT_TOPS), size=n_tops, replace=False)]
+    out = list(people)
+    for rank, i in enumerate(rng.permutation(len(people))):
+        upper, lower = tops[rank if group is None else min(rank // group, n_tops - 1)]
+        out[i] = replace(people[i], torso_colour=upper, torso_band=lower, torso_pattern="plain")
+    return out
+
 # %% ../nbs/00_synthetic.ipynb #06290f94
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -405,6 +435,8 @@ class SyntheticConfig:
     width: int = 64
     occlusion: float = 0.2           # probability that an image has an occluder
     min_shared: int = 2              # every part look is worn by at least this many identities of a split
+    world: str = "balanced"          # "balanced" (no part identifies) or "shortcut" (the torso does, in training)
+    shortcut_group: int = 6          # shortcut world: test identities share one top per group of this many
 
     def __post_init__(self):
         if self.max_cameras_per_id is None:
@@ -414,7 +446,8 @@ class SyntheticConfig:
 # %% ../nbs/00_synthetic.ipynb #1bf5b26d
 def _check_sizes(config: SyntheticConfig):
     "Raise ValueError, naming the field, unless the sizes of `config` describe a set that can be generated."
-    for name in ("train_ids", "test_ids", "cameras", "min_cameras_per_id", "images_per_camera", "height", "width", "min_shared"):
+    for name in ("train_ids", "test_ids", "cameras", "min_cameras_per_id", "images_per_camera", "height", "width", "min_shared",
+                 "shortcut_group"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -435,6 +468,13 @@ def _check_sizes(config: SyntheticConfig):
         raise ValueError(f"images must be at least 32x16 pixels, got {config.height}x{config.width}")
     if not 0 <= config.occlusion <= 1:
         raise ValueError(f"occlusion is a probability in [0, 1], got {config.occlusion}")
+    if config.world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {config.world!r}")
+    if config.world == "shortcut" and config.train_ids > len(SHORTCUT_TOPS):
+        raise ValueError(f"train_ids must be at most {len(SHORTCUT_TOPS)} in the shortcut world (one distinct top each), "
+                         f"got {config.train_ids}")
+    if config.world == "shortcut" and not 2 <= config.shortcut_group <= config.test_ids:
+        raise ValueError(f"shortcut_group must be between 2 and test_ids = {config.test_ids}, got {config.shortcut_group}")
 
 # %% ../nbs/00_synthetic.ipynb #5b37352e
 MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
@@ -477,13 +517,25 @@ def _name_images(specs: list[dict], cameras: int, rng: np.random.Generator):
         spec["name"] = f"{pid}_c{spec['camera'] + 1}s1_{frames[spec['camera']]:06d}_01.jpg"
 
 # %% ../nbs/00_synthetic.ipynb #c92a003b
+def _draw_split(pids: list[int], split: str, config: SyntheticConfig, rng: np.random.Generator, tries: int = 100) -> list[Identity]:
+    "The identities of `split` ('train' or 'test'): `draw_identities`, with the shortcut world's tops in that world."
+    for _ in range(tries):
+        people = draw_identities(pids, rng, config.min_shared)
+        if config.world == "balanced":
+            return people
+        people = shortcut_torsos(people, None if split == "train" else config.shortcut_group, rng)
+        if len({p.appearance() for p in people}) == len(people):   # a shared top made two people look the same: redraw
+            return people
+    raise RuntimeError(f"could not draw {len(pids)} distinct {split} identities of the shortcut world in {tries} tries")
+
+
 def _plan(config: SyntheticConfig, seed: int) -> tuple[list[Camera], dict[str, list[Identity]], list[dict]]:
     "Cameras, identities per split, and one spec (folder, pid, camera, person, crop, name) per image, in writing order."
     rng = np.random.default_rng(seed)
     cameras = draw_cameras(config.cameras, rng)
     pids = rng.permutation(np.arange(1, config.train_ids + config.test_ids + 1))
-    people = {"train": draw_identities(sorted(int(p) for p in pids[:config.train_ids]), rng, config.min_shared),
-              "test": draw_identities(sorted(int(p) for p in pids[config.train_ids:]), rng, config.min_shared)}
+    people = {"train": _draw_split(sorted(int(p) for p in pids[:config.train_ids]), "train", config, rng),
+              "test": _draw_split(sorted(int(p) for p in pids[config.train_ids:]), "test", config, rng)}
     specs = _identity_specs(config, people, rng)
     specs += _gallery_extras(config, rng)
     _name_images(specs, config.cameras, rng)
@@ -495,6 +547,10 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
     meta = root / "synthetic.json"
     if meta.is_file():
         existing = json.loads(meta.read_text())
+        try:   # a set written before a field existed holds that field's default
+            existing["config"] = asdict(SyntheticConfig(**existing["config"]))
+        except (KeyError, TypeError, ValueError):
+            pass
         if {k: existing.get(k) for k in ("config", "seed", "format")} == {k: manifest[k] for k in ("config", "seed", "format")}:
             return True
         if not overwrite:
@@ -576,3 +632,32 @@ def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False
             os.replace(path, root / path.relative_to(tmp))
         shutil.rmtree(tmp)
     return root
+
+# %% ../nbs/00_synthetic.ipynb #c9349c15
+def part_colour_descriptor(root: str | Path, folder: str, part: str, bands: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """One image = one part: the median RGB of `part`'s pixels in each of `bands` horizontal bands of its rows, for
+    every image of `root`/`folder` of a synthetic set that shows the part, scaled to unit length. Returns
+    (features (N, 3·bands), pids (N,))."""
+    if part not in PARTS[1:]:
+        raise ValueError(f"part must be one of {PARTS[1:]}, got {part!r}")
+    features, pids = [], []
+    for path in sorted((Path(root) / folder).glob("*.jpg")):
+        layout = np.asarray(Image.open(Path(root) / "parts" / folder / f"{path.stem}.png"))
+        ys, xs = np.nonzero(layout == PARTS.index(part))
+        if len(ys) == 0:
+            continue
+        rgb = np.asarray(Image.open(path), dtype=np.float32)
+        edges = np.linspace(ys.min(), ys.max() + 1, bands + 1)
+        medians = [np.median(rgb[ys[inside], xs[inside]], axis=0) if inside.any() else np.zeros(3)
+                   for inside in ((ys >= lo) & (ys < hi) for lo, hi in zip(edges[:-1], edges[1:]))]
+        feature = np.concatenate(medians)
+        features.append(feature / max(np.linalg.norm(feature), 1e-6))
+        pids.append(int(path.name.split("_")[0]))
+    return np.array(features), np.array(pids)
+
+
+def nearest_neighbour_accuracy(features: np.ndarray, pids: np.ndarray) -> float:
+    "The share of rows of `features` (N, D) whose nearest other row (Euclidean) has the same pid."
+    distances = ((features[:, None] - features[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    return float((pids[distances.argmin(1)] == pids).mean())
