@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -274,6 +274,7 @@ class Inspection:
     feature_maps: dict[str, torch.Tensor]    # branch -> its last feature maps (B, C, H, W), before pooling
     erase_inputs: dict[str, torch.Tensor]    # IE branch -> the Y_i it erases
     erase_masks: dict[str, torch.Tensor]     # IE branch -> its mask M (B, 1, H_i, W_i), 1 = kept, 0 = erased
+    erase_sources: dict[str, torch.Tensor] = field(default_factory=dict)  # IE branch -> the maps M is read from
 
 # %% ../nbs/04_model.ipynb #0d616d32
 class DeepMiner(nn.Module):
@@ -305,15 +306,15 @@ class DeepMiner(nn.Module):
         for i, stage in enumerate(self.stages, start=1):
             y = stage(y)                                       # Y_i: (B, C_i, H_i, W_i)
             block_outputs[i] = y
-        feature_maps, erase_inputs, erase_masks = {"global": y}, {}, {}
+        feature_maps, erase_inputs, erase_masks, erase_sources = {"global": y}, {}, {}, {}
         for k, branch in enumerate(self.ie_branches, start=1):
             y_i = block_outputs[branch.position]
             source = block_outputs[4] if self.config.erase_source == "global" else None   # None: eq. (1), from y_i
             feature_maps[f"ie{k}"], erase_masks[f"ie{k}"] = branch(y_i, source)
-            erase_inputs[f"ie{k}"] = y_i
+            erase_inputs[f"ie{k}"], erase_sources[f"ie{k}"] = y_i, y_i if source is None else source
         if self.local_branch is not None:
             feature_maps["local"] = self.local_branch(block_outputs[3])
-        return Inspection(block_outputs, feature_maps, erase_inputs, erase_masks)
+        return Inspection(block_outputs, feature_maps, erase_inputs, erase_masks, erase_sources)
 
     def branch_head(self, name: str, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         "Branch `name`'s pooling and BNNeck on its last feature maps (B, C, h, w): (f_Br, BNNeck features, logits)."

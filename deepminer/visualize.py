@@ -16,8 +16,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .data import IMAGENET_MEAN, IMAGENET_STD, ReIDImages, build_transforms
+from .erase import normalized_activation
+from .evaluate import branch_columns, evaluate_branches
 from .model import DeepMiner, Inspection, model_device
 from .synthetic import PARTS
 
@@ -25,7 +29,8 @@ from .synthetic import PARTS
 __all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'inspect_eval', 'activation_energy', 'minmax_per_image', 'activation_map',
            'part_layout_path', 'read_part_layouts', 'part_shares', 'to_pictures', 'heat_overlay', 'picture_grid',
            'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2', 'branch_layer',
-           'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam']
+           'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam', 'paint_out', 'background_ring', 'part_reliance',
+           'reliance_losses', 'grid_border', 'erase_placement', 'erased_reliance']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
 def inspect_eval(model: DeepMiner, images: torch.Tensor) -> Inspection:
@@ -302,3 +307,122 @@ def branch_grad_cam(model: DeepMiner, images: torch.Tensor, branch: str, pids: S
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+
+# %% ../nbs/08_visualize.ipynb #441ccab8
+def paint_out(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """`images` (B, 3, H, W), normalized, with the pixels of `regions` (B, H, W) bool set to 0 — the mean colour that
+    normalization maps to 0 (ImageNet's): the neutral fill of `part_reliance`."""
+    if regions.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"regions must be (B, H, W) = {(images.shape[0], *images.shape[2:])}, got {tuple(regions.shape)}")
+    return images.masked_fill(regions[:, None].to(images.device, torch.bool), 0.0)
+
+
+def background_ring(layout: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The control for painting `region` (H, W) bool out of an image with part layout `layout` (H, W): as many
+    background pixels as `region` holds, those nearest to it (fewer if the image has less background)."""
+    from scipy.ndimage import distance_transform_edt
+    background = (layout == 0).flatten()
+    ring = torch.zeros_like(background)
+    n = min(int(region.sum()), int(background.sum()))
+    if n:
+        distance = torch.from_numpy(distance_transform_edt(~region.numpy())).flatten()   # to the nearest region pixel
+        distance[~background] = float("inf")
+        ring[torch.argsort(distance, stable=True)[:n]] = True
+    return ring.view_as(region)
+
+# %% ../nbs/08_visualize.ipynb #1ff072d8
+def _eval_tensors(records: Sequence, height: int, width: int, batch_size: int):
+    "Evaluation images (N, 3, H, W), pids (N,), camids (N,) and part layouts (N, H, W) of synthetic `records`."
+    loader = DataLoader(ReIDImages(records, build_transforms(height, width, train=False)), batch_size=batch_size)
+    images, pids, camids = (torch.cat(t) for t in zip(*[batch[:3] for batch in loader]))
+    return images, pids, camids, read_part_layouts([r[0] for r in records], height, width)
+
+
+def part_reliance(model: nn.Module, query: Sequence, gallery: Sequence, height: int, width: int,
+                  parts: Sequence[str] = PARTS[1:], subsets: dict[str, Sequence[str]] | None = None,
+                  batch_size: int = 128, progress: bool = True) -> dict:
+    """What each descriptor of `model` loses when one body part is painted out (`paint_out`) of every `query` and
+    `gallery` image (synthetic records with part layouts, read at `height`×`width`), and when its `background_ring`
+    is. `subsets`: {label: branches} (default: each branch alone and 'all'). Returns {'clean': {label: metrics},
+    'painted': {part: {label: metrics}}, 'control': {part: {label: metrics}}, 'area': {part: {'part', 'control'}}},
+    metrics {'mAP', 'rank1'} in percent, areas as shares of all pixels."""
+    columns = branch_columns(model)
+    subsets = subsets or {**{name: [name] for name in columns}, "all": list(columns)}
+    images, pids, camids, layouts = _eval_tensors(list(query) + list(gallery), height, width, batch_size)
+    q = len(query)
+
+    def score(regions: torch.Tensor) -> dict:
+        painted = paint_out(images, regions)
+        batches = [[(painted[i:min(i + batch_size, end)], pids[i:min(i + batch_size, end)],
+                     camids[i:min(i + batch_size, end)]) for i in range(start, end, batch_size)]
+                   for start, end in ((0, q), (q, len(images)))]
+        scores = evaluate_branches(model, *batches, subsets, progress=False)
+        return {label: {k: round(s[k], 2) for k in ("mAP", "rank1")} for label, s in scores.items()}
+
+    result = {"clean": score(torch.zeros_like(layouts, dtype=torch.bool)), "painted": {}, "control": {}, "area": {}}
+    for part in tqdm(parts, desc="part reliance", disable=not progress):
+        regions = layouts == PARTS.index(part)                                          # (N, H, W)
+        rings = torch.stack([background_ring(l, r) for l, r in zip(layouts, regions)])  # (N, H, W)
+        result["painted"][part], result["control"][part] = score(regions), score(rings)
+        result["area"][part] = {"part": regions.float().mean().item(), "control": rings.float().mean().item()}
+    return result
+
+# %% ../nbs/08_visualize.ipynb #4ae78dd8
+def reliance_losses(reliance: dict, metric: str = "mAP", kind: str = "painted") -> dict[str, dict[str, float]]:
+    """{label: {part: loss}} from a `part_reliance` result: `metric` clean minus `metric` with the part (`kind`
+    'painted') or its background ring ('control') painted out, in points."""
+    if kind not in ("painted", "control"):
+        raise ValueError(f"kind must be 'painted' or 'control', got {kind!r}")
+    clean = reliance["clean"]
+    return {label: {part: round(clean[label][metric] - by_label[label][metric], 2)
+                    for part, by_label in reliance[kind].items()} for label in clean}
+
+# %% ../nbs/08_visualize.ipynb #eb54e8b4
+def grid_border(height: int, width: int) -> torch.Tensor:
+    "(height, width) bool: True on the first and last row and column of a grid."
+    border = torch.ones(height, width, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    return border
+
+
+def erase_placement(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128) -> dict:
+    """Where each IE branch's erase mask falls on the synthetic images `records` at `height`×`width`, pooled over them:
+    {branch: {'erased': share of pixels erased, 'area', 'on_part', 'of_part': {part: its share of all pixels, of the
+    erased pixels, its pixels' share erased}, 'border_grid': the grid border's share of the positions,
+    'border_erased': of the erased positions, 'source_border', 'source_interior': mean Ỹⁿ there}}."""
+    images, _, _, layouts = _eval_tensors(records, height, width, batch_size)
+    totals = {}
+    for start in range(0, len(images), batch_size):
+        inspection = inspect_eval(model, images[start:start + batch_size])
+        onehot = F.one_hot(layouts[start:start + batch_size], len(PARTS)).double()            # (B, H, W, P)
+        for name, mask in inspection.erase_masks.items():
+            grid_erased = (mask[:, 0] == 0).cpu()                                            # (B, h, w)
+            erased = F.interpolate(grid_erased[:, None].float(), size=(height, width), mode="nearest")[:, 0]
+            y_n = normalized_activation(inspection.erase_sources[name], mask.shape[-2:])[:, 0].cpu()   # (B, h, w)
+            border = grid_border(*mask.shape[-2:]).expand_as(grid_erased)
+            t = totals.setdefault(name, dict(part=0, erased_part=0, positions=0, erased=0, erased_border=0,
+                                             border=0, y_border=0, y_interior=0))
+            t["part"] += onehot.sum((0, 1, 2)); t["erased_part"] += torch.einsum("bhw,bhwp->p", erased.double(), onehot)
+            t["positions"] += grid_erased.numel(); t["erased"] += int(grid_erased.sum())
+            t["erased_border"] += int((grid_erased & border).sum()); t["border"] += int(border.sum())
+            t["y_border"] += float(y_n[border].sum()); t["y_interior"] += float(y_n[~border].sum())
+    out = {}
+    for name, t in totals.items():
+        pixels, erased = t["part"].sum(), t["erased_part"].sum()
+        share = lambda v: dict(zip(PARTS, v.tolist()))
+        out[name] = dict(erased=float(erased / pixels), area=share(t["part"] / pixels),
+                         on_part=share(t["erased_part"] / max(float(erased), 1.0)),
+                         of_part=share(t["erased_part"] / t["part"].clamp_min(1)),
+                         border_grid=t["border"] / t["positions"], border_erased=t["erased_border"] / max(t["erased"], 1),
+                         source_border=t["y_border"] / t["border"],
+                         source_interior=t["y_interior"] / max(t["positions"] - t["border"], 1))
+    return out
+
+# %% ../nbs/08_visualize.ipynb #da48b89e
+def erased_reliance(placement: dict, losses: dict[str, float]) -> float:
+    """The share of a branch's reliance that one IE branch's mask covers: Σ_p erased share of part p × loss(p) over
+    Σ_p loss(p), with `placement` one branch's `erase_placement` entry and `losses` {part: loss} (`reliance_losses`,
+    e.g. G's; losses below 0 count as 0). 1: the mask erases everything the branch relies on; 0: nothing of it."""
+    weights = {part: max(loss, 0.0) for part, loss in losses.items()}
+    total = sum(weights.values())
+    return sum(placement["of_part"][part] * w for part, w in weights.items()) / total if total > 0 else float("nan")
