@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from .ablation import git_commit, machine_name, run_cached
+import pandas as pd
+
+from .ablation import git_commit, load_results, machine_name, run_cached
 from .model import PAPER_VARIANTS
 from .reference import StopWhenConverged, check_from
 from .synthetic import WORLDS, make_synthetic_reid
@@ -20,8 +22,10 @@ from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, pick_device
 from .visualize import erase_placement, part_reliance
 
 # %% auto #0
-__all__ = ['WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'mechanism_config',
-           'make_world', 'run_mechanism', 'run_mechanism_grid']
+__all__ = ['WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'MODEL_LABELS',
+           'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'make_world', 'run_mechanism',
+           'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
+           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_ROOTS = {"balanced": SYNTHETIC_ROOT, "shortcut": "data/synthetic-shortcut"}   # the set of each world, made if missing
@@ -95,3 +99,118 @@ def run_mechanism_grid(worlds: Sequence[str] = WORLDS, models: Sequence[str] | N
     configs = {(w, m, s): mechanism_config(w, m, s, **overrides) for s in seeds for w in worlds for m in models}
     return run_cached(configs, ("world", "model", "seed"),
                       lambda key, config: run_mechanism(*key, config, command), results, "mechanism grid", progress)
+
+# %% ../nbs/11b_mechanism.ipynb #13c98c6d
+MODEL_LABELS = {"deep_miner": "eq. (1)", "deep_miner_global": "G-sourced", "deep_miner_tau1.0": "τ = 1 control",
+                "baseline": "baseline"}                                  # short names for tables and plots
+BRANCH_LABELS = {"global": "G", "ie1": "IE1", "ie2": "IE2", "local": "L", "all": "all"}
+KEYS = ["world", "model", "seed"]
+
+
+def branch_scores(records: Sequence[dict]) -> pd.DataFrame:
+    "One row per run and descriptor (each branch alone, 'all'): world, model, seed, descriptor, mAP, rank1."
+    return pd.DataFrame([{**{k: r[k] for k in KEYS}, "descriptor": d, **s}
+                         for r in records for d, s in r["reliance"]["clean"].items()])
+
+
+def reliance_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run, descriptor and part: `loss` (mAP points lost with the part painted out), `ring` (with its
+    background ring painted out instead), `share` (loss over the clean mAP) and `excess` (loss − ring)."""
+    rows = []
+    for r in records:
+        rel = r["reliance"]
+        for part, painted in rel["painted"].items():
+            for d, clean in rel["clean"].items():
+                loss, ring = clean["mAP"] - painted[d]["mAP"], clean["mAP"] - rel["control"][part][d]["mAP"]
+                rows.append({**{k: r[k] for k in KEYS}, "descriptor": d, "part": part, "loss": loss, "ring": ring,
+                             "share": loss / clean["mAP"] if clean["mAP"] > 0 else float("nan"), "excess": loss - ring})
+    return pd.DataFrame(rows)
+
+
+def placement_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run, IE branch and part: `area` (the part's share of the pixels), `on_part` (of the erased
+    pixels), `of_part` (of the part's pixels, erased), the branch's `erased` share and its border figures."""
+    return pd.DataFrame([{**{k: r[k] for k in KEYS}, "descriptor": b, "part": part, "area": p["area"][part],
+                          "on_part": p["on_part"][part], "of_part": p["of_part"][part], "erased": p["erased"],
+                          "border_grid": p["border_grid"], "border_erased": p["border_erased"],
+                          "source_border": p["source_border"], "source_interior": p["source_interior"]}
+                         for r in records for b, p in r["placement"].items() for part in p["area"]])
+
+# %% ../nbs/11b_mechanism.ipynb #4d8c82e3
+def mean_std(frame: pd.DataFrame, value: str, by: Sequence[str], decimals: int = 1) -> pd.Series:
+    "'mean ± std' over seeds of column `value` of `frame`, grouped by `by` (first-seen order)."
+    grouped = frame.groupby(list(by), sort=False)[value]
+    mean, std = grouped.mean(), grouped.std().fillna(0)
+    return mean.map(f"{{:.{decimals}f}}".format) + " ± " + std.map(f"{{:.{decimals}f}}".format)
+
+
+def paired(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.DataFrame:
+    """`model` minus `control` in column `value`, paired by world, seed and `by` (e.g. descriptor, part): the mean,
+    std and number of seed pairs per world and `by`."""
+    index = ["world", "seed", *by]
+    a = frame[frame.model == model].set_index(index)[value]
+    b = frame[frame.model == control].set_index(index)[value]
+    diff = (a - b).dropna().reset_index()
+    return diff.groupby(["world", *by], sort=False)[value].agg(["mean", "std", "count"])
+
+# %% ../nbs/11b_mechanism.ipynb #8672cf85
+def score_table(records: Sequence[dict], descriptor: str = "all", control: str = "deep_miner_tau1.0") -> pd.DataFrame:
+    """World × model: mAP and Rank-1 of `descriptor` as mean ± std over seeds, the seeds, and mAP paired against
+    `control` (Δ mAP, mean ± std over the seeds both have)."""
+    scores = branch_scores(records)
+    scores = scores[scores.descriptor == descriptor]
+    table = pd.DataFrame({"mAP": mean_std(scores, "mAP", ["world", "model"]),
+                          "Rank-1": mean_std(scores, "rank1", ["world", "model"]),
+                          "seeds": scores.groupby(["world", "model"], sort=False)["seed"].count()})
+    deltas = {}
+    for model in scores.model.unique():
+        if model != control:
+            for world, row in paired(scores, "mAP", model, control).iterrows():
+                deltas[world, model] = f"{row['mean']:+.1f} ± {0 if pd.isna(row['std']) else row['std']:.1f}"
+    table["Δ mAP vs control"] = pd.Series(deltas)
+    return table.fillna("").rename(index=MODEL_LABELS, level=1)
+
+# %% ../nbs/11b_mechanism.ipynb #3664fa22
+def reliance_table(records: Sequence[dict], world: str, value: str = "share") -> pd.DataFrame:
+    "(model, branch) × part: the mean over seeds of `value` ('share', 'loss', 'ring' or 'excess') in `world`."
+    frame = reliance_frame([r for r in records if r["world"] == world])
+    table = frame.groupby(["model", "descriptor", "part"], sort=False)[value].mean().unstack("part")
+    return table.rename(index=MODEL_LABELS, level=0).rename(index=BRANCH_LABELS, level=1)
+
+
+def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut"), value: str = "share"):
+    "One heat map per world of `reliance_table`: (model, branch) × part, annotated in percent."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    tables = {w: reliance_table(records, w, value) for w in worlds if any(r["world"] == w for r in records)}
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.32 * max(len(t) for t in tables.values()) + 1.4),
+                             squeeze=False)
+    for ax, (world, table) in zip(axes[0], tables.items()):
+        sns.heatmap(table * 100 if value == "share" else table, annot=True, fmt=".0f", cmap="magma", vmin=0,
+                    vmax=100 if value == "share" else None, cbar=ax is axes[0, -1], ax=ax, annot_kws={"fontsize": 7})
+        ax.set(title=f"{world} world: % of mAP lost, part painted out", xlabel="", ylabel="")
+        ax.set_yticklabels([f"{m} · {b}" for m, b in table.index], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/11b_mechanism.ipynb #a326410a
+MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "deep_miner_tau1.0": "tab:blue",
+                 "baseline": "tab:grey"}
+
+
+def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut")):
+    "mAP against epoch of every run, one panel per world (colour: model, line style: seed); x: where each stopped."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(worlds), figsize=(6 * len(worlds), 3.2), squeeze=False, sharey=True)
+    for ax, world in zip(axes[0], worlds):
+        for r in (r for r in records if r["world"] == world):
+            evals = [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h]
+            if not evals:
+                continue
+            label = f"{MODEL_LABELS[r['model']]}" if r["seed"] == 0 else None
+            ax.plot(*zip(*evals), color=MODEL_COLOURS[r["model"]], ls=("-", "--", ":")[r["seed"] % 3], lw=1, label=label)
+            ax.plot(*evals[-1], marker="o" if r["converged"] else "x", color=MODEL_COLOURS[r["model"]], ms=5)
+        ax.set(title=f"{world} world (o: stopping rule met, x: cap)", xlabel="epoch", ylabel="test mAP (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
