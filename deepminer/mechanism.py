@@ -19,13 +19,13 @@ from .model import PAPER_VARIANTS
 from .reference import StopWhenConverged, check_from
 from .synthetic import WORLDS, make_synthetic_reid
 from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, pick_device
-from .visualize import erase_placement, part_reliance
+from .visualize import erase_placement, erased_reliance, part_reliance, reliance_losses
 
 # %% auto #0
 __all__ = ['WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'MODEL_LABELS',
            'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'make_world', 'run_mechanism',
            'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
-           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves']
+           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_ROOTS = {"balanced": SYNTHETIC_ROOT, "shortcut": "data/synthetic-shortcut"}   # the set of each world, made if missing
@@ -214,3 +214,19 @@ def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] = ("bal
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11b_mechanism.ipynb #ab7b8023
+def coverage_table(records: Sequence[dict]) -> pd.DataFrame:
+    """(world, model, IE branch) rows: mean ± std over seeds of the share erased, of the erased pixels on the
+    background and on the torso, and of G's reliance covered by the mask (`erased_reliance`), in percent."""
+    rows = []
+    for r in records:
+        g_losses = reliance_losses(r["reliance"])["global"]
+        for branch, p in r["placement"].items():
+            rows.append({**{k: r[k] for k in KEYS}, "branch": BRANCH_LABELS[branch], "erased": 100 * p["erased"],
+                         "on background": 100 * p["on_part"]["background"], "on torso": 100 * p["on_part"]["torso"],
+                         "G's reliance covered": 100 * erased_reliance(p, g_losses)})
+    frame = pd.DataFrame(rows)
+    by = ["world", "model", "branch"]
+    table = pd.DataFrame({c: mean_std(frame, c, by, 0) for c in ("erased", "on background", "on torso", "G's reliance covered")})
+    return table.rename(index=MODEL_LABELS, level=1)

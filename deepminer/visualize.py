@@ -385,12 +385,16 @@ def grid_border(height: int, width: int) -> torch.Tensor:
     return border
 
 
-def erase_placement(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128) -> dict:
+def erase_placement(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128,
+                    flat_background: bool = False) -> dict:
     """Where each IE branch's erase mask falls on the synthetic images `records` at `height`×`width`, pooled over them:
     {branch: {'erased': share of pixels erased, 'area', 'on_part', 'of_part': {part: its share of all pixels, of the
     erased pixels, its pixels' share erased}, 'border_grid': the grid border's share of the positions,
-    'border_erased': of the erased positions, 'source_border', 'source_interior': mean Ỹⁿ there}}."""
+    'border_erased': of the erased positions, 'source_border', 'source_interior': mean Ỹⁿ there}}.
+    `flat_background`: paint the background out first (`paint_out`) — is it the background's texture?"""
     images, _, _, layouts = _eval_tensors(records, height, width, batch_size)
+    if flat_background:
+        images = paint_out(images, layouts == PARTS.index("background"))
     totals = {}
     for start in range(0, len(images), batch_size):
         inspection = inspect_eval(model, images[start:start + batch_size])
