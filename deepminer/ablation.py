@@ -5,31 +5,22 @@
 # %% ../nbs/11_ablation.ipynb #f1b012b6
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .data import ReIDImages, build_transforms
-from .model import DeepMiner, PAPER_VARIANTS
-from .synthetic import PARTS
+from .model import PAPER_VARIANTS
+from .runs import git_commit, load_results, machine_name, run_cached, save_results  # the last two: re-exported
 from .train import SYNTHETIC_ROOT, Trainer, TrainConfig
-from .visualize import activation_energy, inspect_eval, part_shares, read_part_layouts
+from .visualize import branch_part_shares
 
 # %% auto #0
 __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', 'ABLATION_SIZE', 'SEEDS', 'RESULTS',
-           'ablation_config', 'branch_part_shares', 'git_commit', 'machine_name', 'load_results', 'save_results',
-           'run_cached', 'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
+           'ablation_config', 'run_ablation', 'run_grid', 'summarize', 'ablation_table', 'plot_tau_curve', 'plot_table',
            'part_share_frame', 'plot_part_shares', 'shift_from_global', 'part_share_difference',
            'plot_part_share_difference', 'readme_results', 'branch_score_table']
 
@@ -69,95 +60,6 @@ def ablation_config(variant: str, seed: int = 0, **overrides) -> TrainConfig:
     settings = {**ABLATION_SIZE, "seed": seed, **overrides}
     model = replace(ABLATION_VARIANTS[variant], **settings.pop("model"))   # the variant with the size's backbone
     return TrainConfig(**settings, model=model)
-
-# %% ../nbs/11_ablation.ipynb #abfbb81d
-def branch_part_shares(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128,
-                       parts: Sequence[str] = PARTS) -> dict[str, dict[str, float]]:
-    """{branch: {part: share}}: each branch's activation mass per part of the synthetic images `records` ((path, pid,
-    camid) with part layouts), at the model's input size `height`×`width`; shares of a branch sum to 1."""
-    loader = DataLoader(ReIDImages(records, build_transforms(height, width, train=False)), batch_size=batch_size)
-    layouts = read_part_layouts([r[0] for r in records], height, width)       # (N, H, W) part indices
-    sums, start = {}, 0
-    for images, _, _ in loader:
-        feature_maps = inspect_eval(model, images).feature_maps               # branch -> (B, C, h, w)
-        energies = {b: activation_energy(maps, (height, width)) for b, maps in feature_maps.items()}
-        shares = part_shares(energies, layouts[start:start + len(images)], parts)  # branch -> (P,), mean over the batch
-        for branch, share in shares.items():
-            sums[branch] = sums.get(branch, 0) + share * len(images)
-        start += len(images)
-    return {branch: dict(zip(parts, (total / start).tolist())) for branch, total in sums.items()}
-
-# %% ../nbs/11_ablation.ipynb #25718740
-def git_commit(repo: str | Path = ".") -> str:
-    "The short commit of `repo`, with '+changes' if the library's files differ from it; 'unknown' outside git."
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        if head.returncode != 0:
-            return "unknown"
-        changed = git("status", "--porcelain", "--", "deepminer", "settings.ini").stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return head.stdout.strip() + ("+changes" if changed else "")
-
-
-def machine_name() -> str:
-    "The CPU (or GPU) this process runs on, and its thread count, for the records."
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
-
-
-def load_results(path: str | Path = RESULTS, keys: Sequence[str] = ("variant", "seed", "config")) -> list[dict]:
-    "The cached records in `path` (a JSON list of dicts, each with `keys`); [] if the file does not exist."
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should hold a list of run records") from err
-    if not isinstance(records, list) or not all(isinstance(r, dict) and set(keys) <= set(r) for r in records):
-        raise ValueError(f"{path} should hold a JSON list of run records, each with {', '.join(map(repr, keys))}")
-    return records
-
-
-def save_results(records: list[dict], path: str | Path = RESULTS):
-    "Write `records` to `path` atomically (a temporary file, then a rename)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp, path)
-
-# %% ../nbs/11_ablation.ipynb #9d875755
-def run_cached(configs: dict[tuple, TrainConfig], fields: Sequence[str], run: Callable[[tuple, TrainConfig], dict],
-               results: str | Path, desc: str = "grid", progress: bool = True) -> list[dict]:
-    """Call `run(key, config)` for each `key -> config` of `configs` that the cache `results` does not already hold: a
-    record stands for `key` when its `fields` equal it, and is reused only if its config is `config`. Each new record
-    is saved at once, replacing an outdated one, so an interrupted grid goes on where it stopped. Returns the records
-    in the order of `configs`."""
-    key = lambda record: tuple(record[f] for f in fields)
-    keys = (*fields, "config")
-    records = load_results(results, keys)
-    missing = [(k, config) for k, config in configs.items()
-               if not any(key(r) == k and TrainConfig.from_dict(r["config"]) == config for r in records)]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc=desc, unit="run", disable=not progress)
-    for k, config in missing:
-        bar.set_postfix_str(", ".join(f"{f} {v}" for f, v in zip(fields, k)))
-        record = run(k, config)
-        records = [r for r in load_results(results, keys) if key(r) != k] + [record]
-        save_results(records, results)
-        bar.update()
-    bar.close()
-    done = {key(r): r for r in records}
-    return [done[k] for k in configs]
 
 # %% ../nbs/11_ablation.ipynb #6ff83ba1
 def run_ablation(variant: str, seed: int, config: TrainConfig, parts: bool = False, progress: bool = False) -> dict:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .ablation import git_commit, machine_name, run_cached
+from .runs import git_commit, machine_name, run_cached
 from .evaluate import descriptor_macs, evaluate_branches
 from .losses import DeepMinerLoss
 from .model import DeepMiner

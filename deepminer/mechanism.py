@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .ablation import git_commit, load_results, machine_name, run_cached
+from .runs import git_commit, machine_name, run_cached
 from .model import PAPER_VARIANTS
 from .reference import StopWhenConverged, check_from
 from .synthetic import WORLDS, make_synthetic_reid

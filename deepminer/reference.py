@@ -14,15 +14,14 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-
-import deepminer
-
-from .ablation import branch_part_shares, git_commit, load_results, machine_name, run_cached, save_results
 from torch.utils.data import DataLoader
 
+import deepminer
 from .data import ReIDImages, build_dataset, build_transforms
 from .evaluate import descriptor_macs, evaluate_branches
 from .model import DeepMiner, PAPER_VARIANTS
+from .runs import git_commit, load_results, machine_name, run_cached, save_results
+from .visualize import branch_part_shares
 from .train import SYNTHETIC_ROOT, Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
 
 # %% auto #0

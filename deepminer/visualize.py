@@ -27,10 +27,10 @@ from .synthetic import PARTS
 
 # %% auto #0
 __all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'inspect_eval', 'activation_energy', 'minmax_per_image', 'activation_map',
-           'part_layout_path', 'read_part_layouts', 'part_shares', 'to_pictures', 'heat_overlay', 'picture_grid',
-           'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2', 'branch_layer',
-           'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam', 'paint_out', 'background_ring', 'part_reliance',
-           'reliance_losses', 'grid_border', 'erase_placement', 'erased_reliance']
+           'part_layout_path', 'read_part_layouts', 'part_shares', 'branch_part_shares', 'to_pictures', 'heat_overlay',
+           'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2',
+           'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam', 'paint_out', 'background_ring',
+           'part_reliance', 'reliance_losses', 'grid_border', 'erase_placement', 'erased_reliance']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
 def inspect_eval(model: DeepMiner, images: torch.Tensor) -> Inspection:
@@ -111,6 +111,23 @@ def part_shares(energies: dict[str, torch.Tensor], layouts: torch.Tensor, parts:
                              f"{torch.nonzero(total[:, 0] == 0).flatten().tolist()}: no mass to share")
         shares[name] = mass / total if per_image else (mass / total).mean(0)  # (B, P) or (P,)
     return shares
+
+# %% ../nbs/08_visualize.ipynb #6c745c7d
+def branch_part_shares(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128,
+                       parts: Sequence[str] = PARTS) -> dict[str, dict[str, float]]:
+    """{branch: {part: share}}: each branch's activation mass per part of the synthetic images `records` ((path, pid,
+    camid) with part layouts), at the model's input size `height`×`width`; shares of a branch sum to 1."""
+    loader = DataLoader(ReIDImages(records, build_transforms(height, width, train=False)), batch_size=batch_size)
+    layouts = read_part_layouts([r[0] for r in records], height, width)       # (N, H, W) part indices
+    sums, start = {}, 0
+    for images, _, _ in loader:
+        feature_maps = inspect_eval(model, images).feature_maps               # branch -> (B, C, h, w)
+        energies = {b: activation_energy(maps, (height, width)) for b, maps in feature_maps.items()}
+        shares = part_shares(energies, layouts[start:start + len(images)], parts)  # branch -> (P,), mean over the batch
+        for branch, share in shares.items():
+            sums[branch] = sums.get(branch, 0) + share * len(images)
+        start += len(images)
+    return {branch: dict(zip(parts, (total / start).tolist())) for branch, total in sums.items()}
 
 # %% ../nbs/08_visualize.ipynb #448b47e9
 def to_pictures(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
