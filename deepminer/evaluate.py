@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -20,8 +19,9 @@ from .rerank import re_ranking
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'METRICS', 'JUNK_PID', 'DISTRACTOR_PID', 'Features', 'normalize_features', 'extract_features',
-           'compute_distance', 'protocol_masks', 'RankMetrics', 'query_metrics', 'evaluate_rank', 'evaluate',
-           'branch_columns', 'select_branches', 'descriptor_macs', 'evaluate_branches']
+           'compute_distance', 'protocol_masks', 'RankMetrics', 'query_metrics', 'evaluate_rank', 'Evaluation',
+           'evaluate_distances', 'evaluate', 'branch_columns', 'select_branches', 'descriptor_macs',
+           'evaluate_branches']
 
 # %% ../nbs/07_evaluate.ipynb #00adadc5
 NORMALIZATIONS = ("none", "branch", "all")  # values of `normalize`: no scaling, unit norm per branch, unit norm overall
@@ -235,16 +235,22 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
                        ap, inp, first)
 
 # %% ../nbs/07_evaluate.ipynb #9e4566a1
-def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, flip: bool = False,
-             normalize: str = "none", metric: str = "euclidean", rerank: bool = False, k1: int = 20, k2: int = 6,
-             lambda_value: float = 0.3, max_rank: int = 50, device: torch.device | str | None = None,
-             progress: bool = True, plots_dir: str | Path | None = None, query_images: Sequence | None = None,
-             gallery_images: Sequence | None = None, branches: Sequence[str] | None = None) -> dict[str, float]:
+class Evaluation(NamedTuple):
+    "What `evaluate_distances` computes: enough to score the ranking again or draw it (`save_evaluation_plots`)."
+    distmat: torch.Tensor   # (Q, G) query-to-gallery distances on the CPU, after re-ranking if asked for
+    query: Features         # the query features, pids and camids
+    gallery: Features       # the gallery's
+    metrics: RankMetrics    # `evaluate_rank` of `distmat`
+
+
+def evaluate_distances(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, flip: bool = False,
+                       normalize: str = "none", metric: str = "euclidean", rerank: bool = False, k1: int = 20,
+                       k2: int = 6, lambda_value: float = 0.3, max_rank: int = 50, device: torch.device | str | None = None,
+                       progress: bool = True, branches: Sequence[str] | None = None) -> Evaluation:
     """Evaluate `model` on `query_loader` against `gallery_loader` (batches (images, pids, camids, ...)): features
     (`flip`, `normalize`: see `extract_features`), `metric` distances, k-reciprocal re-ranking if `rerank` (`k1`,
-    `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's). Returns
-    {'mAP', 'mINP', 'rank1', 'rank5', 'rank10'} in percent; with `plots_dir`, also writes the pictures there
-    (`save_evaluation_plots`). `branches`: score the descriptor of these branches only (`select_branches`)."""
+    `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's).
+    `branches`: score the descriptor of these branches only (`select_branches`). Writes nothing."""
     device = torch.device(device) if device is not None else model_device(model)
     query, gallery = (extract_features(model, loader, flip, normalize if branches is None else "none", device, progress,
                                        desc=f"{name} features") for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
@@ -255,12 +261,14 @@ def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Ite
     distmat = compute_distance(qf, gf, metric).cpu()
     if rerank:
         distmat = re_ranking(distmat, compute_distance(qf, qf, metric), compute_distance(gf, gf, metric), k1, k2, lambda_value)
-    metrics = evaluate_rank(distmat, query.pids, gallery.pids, query.camids, gallery.camids, max_rank)
-    if plots_dir is not None:
-        from deepminer.plots import save_evaluation_plots   # here: deepminer.plots builds on this module
-        save_evaluation_plots(plots_dir, distmat, query.pids, gallery.pids, query.camids, gallery.camids, metrics,
-                              query_images, gallery_images)
-    return metrics.as_dict()
+    return Evaluation(distmat, query, gallery, evaluate_rank(distmat, query.pids, gallery.pids, query.camids,
+                                                             gallery.camids, max_rank))
+
+
+def evaluate(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, **options) -> dict[str, float]:
+    """`evaluate_distances(model, query_loader, gallery_loader, **options)`'s metrics in percent: {'mAP', 'mINP',
+    'rank1', 'rank5', 'rank10'}."""
+    return evaluate_distances(model, query_loader, gallery_loader, **options).metrics.as_dict()
 
 # %% ../nbs/07_evaluate.ipynb #6d76ff5e
 def branch_columns(model: torch.nn.Module) -> dict[str, slice]:

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_dataset, build_transforms
 from .distributed import (barrier, broadcast_object, convert_sync_batchnorm, gather_batch, gather_objects,
                                    init_distributed)
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_distances
 from .losses import CENTER_REDUCTIONS, DeepMinerLoss
 from .model import BranchOutput, DeepMiner, DeepMinerConfig, check_input_size
+from .plots import save_evaluation_plots
 from .synthetic import make_synthetic_reid
 
 # %% auto #0
@@ -705,9 +706,12 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
     transform = build_transforms(config.height, config.width, train=False)
     query, gallery = (ReIDImages(records, transform, bad_images=bad_images) for records in (data.query, data.gallery))
     loaders = [DataLoader(images, batch_size=batch_size) for images in (query, gallery)]
-    return evaluate(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank, device=device,
-                    progress=progress, plots_dir=plots_dir, query_images=[r.path for r in query.records],
-                    gallery_images=[r.path for r in gallery.records], branches=branches)
+    run = evaluate_distances(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank,
+                             device=device, progress=progress, branches=branches)
+    if plots_dir is not None:
+        save_evaluation_plots(plots_dir, run.distmat, run.query.pids, run.gallery.pids, run.query.camids,
+                              run.gallery.camids, run.metrics, [r.path for r in query.records], [r.path for r in gallery.records])
+    return run.metrics.as_dict()
 
 # %% ../nbs/06_train.ipynb #be44b824
 CPU_EPOCHS = 20

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepminer.evaluate import (RankMetrics, compute_distance, evaluate, evaluate_rank, extract_features,
-                                protocol_masks)
+from deepminer.evaluate import (RankMetrics, compute_distance, evaluate, evaluate_distances, evaluate_rank,
+                                extract_features, protocol_masks)
 from deepminer.plots import distance_histograms, plot_ranked_lists, save_evaluation_plots
 from deepminer.rerank import re_ranking, re_ranking_block, re_ranking_memory
 
@@ -369,11 +369,14 @@ def test_evaluate_end_to_end_and_plots(tmp_path):
     q_pids, g_pids = torch.arange(5), torch.arange(5).repeat(3)
     q_loader = loader_of(images(q_pids), q_pids, torch.zeros(5, dtype=torch.long))
     g_loader = loader_of(images(g_pids), g_pids, torch.arange(15) % 2)
-    result = evaluate(TwoBranches(), q_loader, g_loader, flip=True, normalize="branch", progress=False,
-                      plots_dir=tmp_path / "plots", query_images=[np.zeros((8, 4, 3))] * 5,
-                      gallery_images=[np.ones((8, 4, 3))] * 15)
+    result = evaluate(TwoBranches(), q_loader, g_loader, flip=True, normalize="branch", progress=False)
     assert list(result) == ["mAP", "mINP", "rank1", "rank5", "rank10"]
     assert result["rank1"] == 100.0 and result["mAP"] == 100.0
+    run = evaluate_distances(TwoBranches(), q_loader, g_loader, flip=True, normalize="branch", progress=False)
+    assert run.metrics.as_dict() == result and run.distmat.shape == (5, 15)
+    assert not (tmp_path / "plots").exists()                                    # evaluation writes nothing
+    save_evaluation_plots(tmp_path / "plots", run.distmat, run.query.pids, run.gallery.pids, run.query.camids,
+                          run.gallery.camids, run.metrics, [np.zeros((8, 4, 3))] * 5, [np.ones((8, 4, 3))] * 15)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["cmc.png", "distances.png", "ranked_lists.png"]
     reranked = evaluate(TwoBranches(), q_loader, g_loader, metric="cosine", rerank=True, k1=3, k2=2, progress=False)
     assert all(0 <= v <= 100 for v in reranked.values())
