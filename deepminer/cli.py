@@ -19,7 +19,7 @@ import torch
 
 from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
-from .model import DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
+from .model import ERASE_SOURCES, DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
 from .export import EXPORT_FORMATS, export_checkpoint
 from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
@@ -84,6 +84,8 @@ MODEL_HELP = {
     "backbone": "torchvision ResNet backbone",
     "ie_after": "blocks (1, 2, 3) followed by an input-erased branch; give none for no IE branch",
     "tau": "erasing threshold in [0, 1], eq. (1)",
+    "erase_source": "where ErO reads its mask: block (eq. 1, the maps it erases) or global (G's last feature maps, "
+                    "a departure from the paper)",
     "local_branch": "the local (stripes) branch",
     "stripes": "horizontal stripes of the local branch",
     "sam": "the spatial attention module (SAM)",
@@ -93,7 +95,7 @@ MODEL_HELP = {
     "backbone_weights": "read the ImageNet weights from this local file instead of downloading them",
 }  # DeepMinerConfig field -> --help text
 MODEL_FLAGS = {"local_branch": "local", "backbone_weights": "backbone-weights", "ie_after": "ie-after",
-               "cham_gate": "cham-gate"}  # field -> flag name, where they differ
+               "cham_gate": "cham-gate", "erase_source": "erase-source"}  # field -> flag name, where they differ
 MODEL_FIELDS = {f.name for f in fields(DeepMinerConfig)}
 
 # %% ../nbs/10_cli.ipynb #3bbbd90f
@@ -113,8 +115,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: DeepMinerConf
             continue
         options = dict(type=int, nargs="*", metavar="BLOCK") if f.name == "ie_after" else \
             dict(metavar="PATH") if f.name == "backbone_weights" else dict(type=type(value))
-        if f.name in ("backbone", "cham_gate"):
-            options["choices"] = sorted(RESNETS) if f.name == "backbone" else list(CHAM_GATES)
+        if f.name in ("backbone", "cham_gate", "erase_source"):
+            options["choices"] = {"backbone": sorted(RESNETS), "cham_gate": list(CHAM_GATES),
+                                  "erase_source": list(ERASE_SOURCES)}[f.name]
         group.add_argument(f"--{name}", dest=f.name, default=default, help=help, **options)
     return parser
 

@@ -750,6 +750,7 @@ PAPER_RECIPE = (
     RecipeSetting("model.pretrained", True, "§3.2: branches initialised with the same pretrained weights"),
     RecipeSetting("model.ie_after", (2, 3), "§3.2, Figure 1: IE branches after B2 and B3"),
     RecipeSetting("model.tau", 0.8, "§4.4, Figure 7: the best threshold"),
+    RecipeSetting("model.erase_source", "block", "§3.2, eq. (1): the mask from the maps it erases"),
     RecipeSetting("model.local_branch", True, "§3.3"),
     RecipeSetting("model.stripes", 4, "§3.3: 4 horizontal stripes"),
     RecipeSetting("model.sam", True, "§3.4, Figure 1: ATT after B2, B3 and B3 of IE1"),
