@@ -14,9 +14,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from .runs import git_commit, machine_name, run_cached
 from .model import PAPER_VARIANTS
 from .reference import StopWhenConverged, check_from
+from .runs import git_commit, machine_name, run_cached
 from .synthetic import WORLDS, make_synthetic_reid
 from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, pick_device
 from .visualize import erase_placement, erased_reliance, part_reliance, reliance_losses
@@ -62,7 +62,8 @@ def make_world(config: TrainConfig, world: str, progress: bool = False) -> Path:
     manifest = root / "synthetic.json"
     found = json.loads(manifest.read_text())["config"].get("world", "balanced") if manifest.is_file() else None
     if found != world:
-        raise ValueError(f"{root} is not a synthetic set of the {world} world ({'world ' + found if found else 'no synthetic.json'})")
+        raise ValueError(f"{root} is not a synthetic set of the {world} world "
+                         f"({'world ' + found if found else 'no synthetic.json'})")
     return root
 
 
@@ -118,12 +119,12 @@ def reliance_frame(records: Sequence[dict]) -> pd.DataFrame:
     background ring painted out instead), `share` (loss over the clean mAP) and `excess` (loss − ring)."""
     rows = []
     for r in records:
-        rel = r["reliance"]
-        for part, painted in rel["painted"].items():
-            for d, clean in rel["clean"].items():
-                loss, ring = clean["mAP"] - painted[d]["mAP"], clean["mAP"] - rel["control"][part][d]["mAP"]
-                rows.append({**{k: r[k] for k in KEYS}, "descriptor": d, "part": part, "loss": loss, "ring": ring,
-                             "share": loss / clean["mAP"] if clean["mAP"] > 0 else float("nan"), "excess": loss - ring})
+        losses, rings = reliance_losses(r["reliance"]), reliance_losses(r["reliance"], kind="control")
+        for d, by_part in losses.items():
+            clean = r["reliance"]["clean"][d]["mAP"]
+            rows += [{**{k: r[k] for k in KEYS}, "descriptor": d, "part": part, "loss": loss, "ring": rings[d][part],
+                      "share": loss / clean if clean > 0 else float("nan"), "excess": loss - rings[d][part]}
+                     for part, loss in by_part.items()]
     return pd.DataFrame(rows)
 
 
