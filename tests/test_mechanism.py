@@ -182,3 +182,22 @@ def test_mechanism_grid_configs_and_world_roots(tmp_path):
     with pytest.raises(ValueError, match="not a synthetic set of the shortcut world"):
         make_world(mechanism_config("shortcut", "baseline", root=str(balanced)), "shortcut")
     assert make_world(mechanism_config("balanced", "baseline", root=str(balanced)), "balanced") == balanced
+
+
+def test_committed_mechanism_cache_matches_todays_grid():
+    "Every cached run is a run of today's grid (same config for its key), trained to its rule or cap, fully measured."
+    from deepminer.mechanism import MECHANISM_RESULTS
+    from deepminer.runs import load_results
+    from deepminer.train import TrainConfig
+    repo = Path(__file__).resolve().parents[1]
+    records = load_results(repo / MECHANISM_RESULTS, ("world", "model", "seed", "config"))
+    assert records, "nbs/results/mechanism.json holds no run"
+    for r in records:
+        assert TrainConfig.from_dict(r["config"]) == mechanism_config(r["world"], r["model"], r["seed"])
+        last = max(h["epoch"] for h in r["history"] if "eval/mAP" in h)
+        assert r["epochs"] == last and (r["converged"] or r["epochs"] == r["config"]["epochs"])
+        branches = {"global", "all"} | ({"ie1", "ie2", "local"} if r["model"] != "baseline" else set())
+        assert set(r["reliance"]["clean"]) == branches
+        assert set(r["reliance"]["painted"]) == set(r["reliance"]["control"]) == set(PARTS[1:])
+        assert set(r["placement"]) == ({"ie1", "ie2"} if r["model"] != "baseline" else set())
+        assert r["commit"] != "unknown" and r["machine"] and r["command"] == "run_mechanism_grid()"
