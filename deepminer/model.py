@@ -180,7 +180,7 @@ ERASE_SOURCES = {
     "global": "the channel mean of G's last feature maps Y_4, resized to block i's grid (a departure from the paper)",
 }  # DeepMinerConfig.erase_source -> what ErO's mask is read from
 
-
+# %% ../nbs/04_model.ipynb #566e5005
 @dataclass
 class DeepMinerConfig:
     """Every option of the Deep Miner network. The defaults are the paper's network but for two choices that the

@@ -46,7 +46,7 @@ def machine_name() -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
 
-
+# %% ../nbs/11c_runs.ipynb #f8205285
 def load_results(path: str | Path, keys: Sequence[str] = ("variant", "seed", "config")) -> list[dict]:
     "The cached records in `path` (a JSON list of dicts, each with `keys`); [] if the file does not exist."
     path = Path(path)

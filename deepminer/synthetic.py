@@ -561,7 +561,7 @@ def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
                               "choose an empty or new folder — nothing there is deleted")
     return False
 
-
+# %% ../nbs/00_synthetic.ipynb #2f728b1e
 def _set_files(config: SyntheticConfig, seed: int) -> list[Path]:
     "Every file `make_synthetic_reid` writes for these settings, relative to the root."
     _, _, specs = _plan(config, seed)

@@ -401,7 +401,7 @@ def grid_border(height: int, width: int) -> torch.Tensor:
     border[1:-1, 1:-1] = False
     return border
 
-
+# %% ../nbs/08_visualize.ipynb #042600f4
 def erase_placement(model: DeepMiner, records: Sequence, height: int, width: int, batch_size: int = 128,
                     flat_background: bool = False) -> dict:
     """Where each IE branch's erase mask falls on the synthetic images `records` at `height`×`width`, pooled over them:
