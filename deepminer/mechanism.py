@@ -138,21 +138,23 @@ def placement_frame(records: Sequence[dict]) -> pd.DataFrame:
                          for r in records for b, p in r["placement"].items() for part in p["area"]])
 
 # %% ../nbs/11b_mechanism.ipynb #4d8c82e3
-def mean_std(frame: pd.DataFrame, value: str, by: Sequence[str], decimals: int = 1) -> pd.Series:
-    "'mean ± std' over seeds of column `value` of `frame`, grouped by `by` (first-seen order)."
+def mean_std(frame: pd.DataFrame, value: str, by: Sequence[str], decimals: int = 1, signed: bool = False) -> pd.Series:
+    "'mean ± std' over seeds of column `value` of `frame`, grouped by `by` (first-seen order); one seed: the value alone."
     grouped = frame.groupby(list(by), sort=False)[value]
-    mean, std = grouped.mean(), grouped.std().fillna(0)
-    return mean.map(f"{{:.{decimals}f}}".format) + " ± " + std.map(f"{{:.{decimals}f}}".format)
+    sign = "+" if signed else ""
+    values = {key[0] if len(by) == 1 else key: f"{g.mean():{sign}.{decimals}f}" + (f" ± {g.std():.{decimals}f}" if len(g) > 1 else "")
+              for key, g in grouped}
+    return pd.Series(values, dtype=object).rename_axis(list(by))
 
 
-def paired(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.DataFrame:
-    """`model` minus `control` in column `value`, paired by world, seed and `by` (e.g. descriptor, part): the mean,
-    std and number of seed pairs per world and `by`."""
+def paired(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.Series:
+    """`model` minus `control` in column `value`, paired by world, seed and `by` (e.g. descriptor, part), as
+    'mean ± std' over the seeds both have (`mean_std`), per world and `by`."""
     index = ["world", "seed", *by]
     a = frame[frame.model == model].set_index(index)[value]
     b = frame[frame.model == control].set_index(index)[value]
     diff = (a - b).dropna().reset_index()
-    return diff.groupby(["world", *by], sort=False)[value].agg(["mean", "std", "count"])
+    return mean_std(diff, value, ["world", *by], signed=True) if len(diff) else pd.Series(dtype=object)
 
 # %% ../nbs/11b_mechanism.ipynb #8672cf85
 def score_table(records: Sequence[dict], descriptor: str = "all", control: str = "deep_miner_tau1.0") -> pd.DataFrame:
@@ -163,12 +165,9 @@ def score_table(records: Sequence[dict], descriptor: str = "all", control: str =
     table = pd.DataFrame({"mAP": mean_std(scores, "mAP", ["world", "model"]),
                           "Rank-1": mean_std(scores, "rank1", ["world", "model"]),
                           "seeds": scores.groupby(["world", "model"], sort=False)["seed"].count()})
-    deltas = {}
-    for model in scores.model.unique():
-        if model != control:
-            for world, row in paired(scores, "mAP", model, control).iterrows():
-                deltas[world, model] = f"{row['mean']:+.1f} ± {0 if pd.isna(row['std']) else row['std']:.1f}"
-    table["Δ mAP vs control"] = pd.Series(deltas)
+    deltas = {(world, model): delta for model in scores.model.unique() if model != control
+              for world, delta in paired(scores, "mAP", model, control).items()}
+    table["Δ mAP vs control"] = pd.Series(deltas, dtype=object)
     return table.fillna("").rename(index=MODEL_LABELS, level=1)
 
 # %% ../nbs/11b_mechanism.ipynb #3664fa22
@@ -223,7 +222,7 @@ def coverage_table(records: Sequence[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         g_losses = reliance_losses(r["reliance"])["global"]
-        for branch, p in r["placement"].items():
+        for branch, p in r["placement"].items() if r["config"]["model"]["tau"] < 1 else ():   # the control erases nothing
             rows.append({**{k: r[k] for k in KEYS}, "branch": BRANCH_LABELS[branch], "erased": 100 * p["erased"],
                          "on background": 100 * p["on_part"]["background"], "on torso": 100 * p["on_part"]["torso"],
                          "G's reliance covered": 100 * erased_reliance(p, g_losses)})
