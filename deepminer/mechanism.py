@@ -179,11 +179,12 @@ def reliance_table(records: Sequence[dict], world: str, value: str = "share") ->
 
 
 def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut"), value: str = "share"):
-    "One heat map per world of `reliance_table`: (model, branch) × part, annotated in percent."
+    "One heat map per world of `reliance_table` without the whole descriptor: (model, branch) × part, in percent."
     import matplotlib.pyplot as plt
     import seaborn as sns
-    tables = {w: reliance_table(records, w, value) for w in worlds if any(r["world"] == w for r in records)}
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.32 * max(len(t) for t in tables.values()) + 1.4),
+    tables = {w: reliance_table(records, w, value).drop(index="all", level=1)     # each branch alone
+              for w in worlds if any(r["world"] == w for r in records)}
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 0.26 * max(len(t) for t in tables.values()) + 1.2),
                              squeeze=False)
     for ax, (world, table) in zip(axes[0], tables.items()):
         sns.heatmap(table * 100 if value == "share" else table, annot=True, fmt=".0f", cmap="magma", vmin=0,
@@ -201,7 +202,7 @@ MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "de
 def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut")):
     "mAP against epoch of every run, one panel per world (colour: model, line style: seed); x: where each stopped."
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(worlds), figsize=(6 * len(worlds), 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 2.8), squeeze=False, sharey=True)
     for ax, world in zip(axes[0], worlds):
         for r in (r for r in records if r["world"] == world):
             evals = [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h]
