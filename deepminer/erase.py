@@ -62,7 +62,7 @@ class ErO(nn.Module):
         """Erase `y` (B, C, H, W); with `return_mask=True` return `(erased, mask)`, the mask being (B, 1, H, W).
         `source`: read the mask from these feature maps (B, C', h', w') brought to y's grid instead of from `y`
         (a departure from eq. 1; see below)."""
-        mask = erase_mask(y if source is None else source, self.tau, y.shape[-2:])  # (B, 1, H, W)
+        mask = erase_mask(y, self.tau) if source is None else erase_mask(source, self.tau, y.shape[-2:])  # (B, 1, H, W)
         erased = y * mask               # (B, C, H, W): the mask broadcasts over channels
         return (erased, mask) if return_mask else erased
 
