@@ -22,7 +22,8 @@ from .evaluate import descriptor_macs, evaluate_branches
 from .model import DeepMiner, PAPER_VARIANTS
 from .runs import git_commit, load_results, machine_name, run_cached, save_results
 from .visualize import branch_part_shares
-from .train import SYNTHETIC_ROOT, Callback, TrainConfig, load_checkpoint, load_model, pick_device, save_checkpoint, train
+from .checkpoint import load_checkpoint, save_checkpoint
+from .train import SYNTHETIC_ROOT, Callback, TrainConfig, load_model, pick_device, train
 
 # %% auto #0
 __all__ = ['REFERENCE_SIZE', 'REFERENCE_VARIANTS', 'REFERENCE_SEEDS', 'REFERENCE_RESULTS', 'REFERENCE_RUNS', 'TRUNK_WEIGHTS',

@@ -6,24 +6,22 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from torch.utils.data import DataLoader
 
+from .checkpoint import (Checkpointing, check_resume, load_checkpoint, open_run, seed_everything,
+                                  write_json)
+from .checkpoint import (TrainingInterrupted, fault_point, rng_states, save_checkpoint,  # noqa: F401
+                                  set_rng_states)   # importable from here too, as before the appendix 06c
 from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_dataset, build_transforms
-from .distributed import (barrier, broadcast_object, convert_sync_batchnorm, gather_batch, gather_objects,
-                                   init_distributed)
+from .distributed import barrier, broadcast_object, convert_sync_batchnorm, gather_batch, init_distributed
 from .evaluate import evaluate, evaluate_distances
 from .losses import CENTER_REDUCTIONS, DeepMinerLoss
 from .model import BranchOutput, DeepMiner, DeepMinerConfig, check_input_size
@@ -31,33 +29,44 @@ from .plots import save_evaluation_plots
 from .synthetic import make_synthetic_reid
 
 # %% auto #0
-__all__ = ['RECIPE_NAMES', 'FAULT_ACTIONS', 'SYNTHETIC_ROOT', 'RESUMABLE_CHANGES', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE',
-           'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'seed_everything', 'rng_states',
-           'set_rng_states', 'save_checkpoint', 'load_checkpoint', 'fault_point', 'Checkpointing', 'CancelBatch',
-           'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
-           'TrainingDiverged', 'EpochTotals', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'TrainingLoop',
-           'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe',
-           'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table',
-           'baseline_config', 'train_with_baseline', 'format_comparison']
+__all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE', 'DataSettings', 'DeviceSettings',
+           'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'CancelBatch', 'CancelEpoch', 'CancelFit',
+           'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps', 'TrainingDiverged', 'EpochTotals',
+           'TrainingEpoch', 'TrainingLoop', 'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model',
+           'evaluate_checkpoint', 'recipe', 'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures',
+           'format_recipe_table', 'baseline_config', 'train_with_baseline', 'format_comparison', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
-class TrainConfig:
-    """Every setting of a training run: the data, the network (`model`, a `DeepMinerConfig` or a dict of its fields)
-    and the optimisation. The defaults are the `strong` recipe on Market-1501 with ResNet-50, but offline-safe: no
-    ImageNet weights unless asked. `recipe(name)` makes the named recipes (`cpu`, `strong`, `paper`)."""
-    # data
+class DataSettings:
+    "The data side of a `TrainConfig`: which set, the image size, the P×K batches and the augmentations."
     dataset: str = "market1501"           # a key of deepminer.data.DATASETS, or "synthetic"
     root: str = "data/market1501"
     height: int = 384
     width: int = 128
     P: int = 16                           # identities per batch
     K: int = 4                            # images per identity
-    num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
     bad_images: str = "raise"             # an unreadable image: "raise" names it, "skip" leaves it out (and says so)
+    augment: bool = True                  # random flip and random erasing (§4.1); False: resize only
+    pad_crop: bool = True                 # with augment: also pad 10 pixels + random crop (Bag of Tricks)
+
+
+@dataclass
+class DeviceSettings:
+    "Where a `TrainConfig` runs, and how fast: none of these changes what is learned on the CPU."
+    device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
+    num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
+    amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
+    cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
+    sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
+
+# %% ../nbs/06_train.ipynb #fe3c3ebc
+@dataclass
+class TrainConfig(DeviceSettings, DataSettings):
+    """Every setting of a run: the data, the device, the network (`model`, a `DeepMinerConfig` or a dict of its fields)
+    and the optimisation. Defaults: the `strong` recipe without ImageNet weights; `recipe(name)` makes the others."""
     model: DeepMinerConfig = field(default_factory=DeepMinerConfig)   # the network (04_model)
-    # optimisation
-    epochs: int = 120
+    epochs: int = 120                     # optimisation
     lr: float = 3.5e-4
     warmup_epochs: int = 10
     warmup_start_lr: float = 3.5e-5
@@ -69,16 +78,9 @@ class TrainConfig:
     label_smoothing: float = 0.1          # epsilon of eq. (4)
     triplet_reduction: str = "mean"       # eq. (5) over the batch: "mean" (Bag of Tricks) or "sum" (as written)
     center_reduction: str = "mean"        # eq. (6) over the batch: "mean" (Bag of Tricks) or "half_sum" (as written)
-    # evaluation, bookkeeping
     eval_every: int = 10                  # evaluate every N epochs (0: only at the end)
     eval_flip: bool = False
     seed: int = 0
-    device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
-    amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
-    cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
-    augment: bool = True                  # random flip and random erasing (§4.1); False: resize only
-    pad_crop: bool = True                 # with augment: also pad 10 pixels + random crop (Bag of Tricks)
-    sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
     recipe: str | None = None             # the recipe it was made from (`recipe`); None: made by hand
 
     def __post_init__(self):
@@ -95,8 +97,7 @@ class TrainConfig:
         "The inverse of `to_dict`, also of an older run folder's flat model options; unknown keys are named."
         d, model_keys = dict(d), {f.name for f in fields(DeepMinerConfig)}
         model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_keys}
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
+        if unknown := set(d) - {f.name for f in fields(cls)}:
             raise ValueError(f"unknown TrainConfig settings: {sorted(unknown)}")
         return cls(**d, model=model)
 
@@ -128,19 +129,14 @@ def check_train_config(config: TrainConfig):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
     if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
         raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
-    if config.bad_images not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {config.bad_images!r}")
-    check_input_size(config.model, config.height, config.width)
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {config.eval_every}")
-    if config.device not in ("auto", "cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {config.device!r}")
-    if config.triplet_reduction not in ("mean", "sum"):
-        raise ValueError(f"triplet_reduction must be 'mean' or 'sum', got {config.triplet_reduction!r}")
-    if config.center_reduction not in CENTER_REDUCTIONS:
-        raise ValueError(f"center_reduction must be one of {CENTER_REDUCTIONS}, got {config.center_reduction!r}")
-    if config.recipe not in (None, *RECIPE_NAMES):
-        raise ValueError(f"recipe must be one of {RECIPE_NAMES} or None (made by hand), got {config.recipe!r}")
+    for name, choices in (("bad_images", BAD_IMAGE_POLICIES), ("device", ("auto", "cpu", "cuda", "mps")),
+                          ("triplet_reduction", ("mean", "sum")), ("center_reduction", CENTER_REDUCTIONS),
+                          ("recipe", (None, *RECIPE_NAMES))):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"{name} must be one of {tuple(choices)}, got {getattr(config, name)!r}")
+    check_input_size(config.model, config.height, config.width)
 
 # %% ../nbs/06_train.ipynb #53a3c0d1
 def lr_at_epoch(epoch: int, config: TrainConfig) -> float:
@@ -161,134 +157,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' (--device cuda) was asked for, but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def seed_everything(seed: int):
-    "Seed Python's, NumPy's and PyTorch's generators."
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict:
-    "The states of every random generator a run uses, in types `torch.load(weights_only=True)` accepts."
-    np_state = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict):
-    "Restore generator states saved by `rng_states`."
-    torch.set_rng_state(states["torch"])
-    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in states["python"]))
-    kind, keys, *rest = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-# %% ../nbs/06_train.ipynb #49bc2742
-def save_checkpoint(path: str | Path, state: dict):
-    """Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed. If the
-    write fails or is interrupted, the temporary file is removed and `path` is left as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            fault_point("checkpoint-write")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    "Read a checkpoint written by `save_checkpoint`, with `weights_only=True`; a missing or damaged file names the path."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:   # truncated, damaged, or pickled code that weights_only refuses
-        raise ValueError(f"{path} cannot be read as a checkpoint (truncated, damaged, or not written by "
-                         f"deepminer-train): {str(err).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a deepminer-train checkpoint")
-    return state
-
-# %% ../nbs/06_train.ipynb #643dc3ab
-FAULT_ACTIONS = ("sigint", "sigkill", "error")
-_fault_passes: dict[str, int] = {}
-
-
-def fault_point(name: str):
-    """A named point where tests inject a fault: with DEEPMINER_FAULT='<action>@<name>[:<n>]' the `n`-th pass (default
-    1) here sends this process SIGINT or SIGKILL, or raises OSError ('error'). Otherwise it does nothing."""
-    spec = os.environ.get("DEEPMINER_FAULT")
-    if not spec:
-        return
-    action, _, where = spec.partition("@")
-    point, _, n = where.partition(":")
-    if point != name or action not in FAULT_ACTIONS:
-        return
-    _fault_passes[name] = _fault_passes.get(name, 0) + 1
-    if _fault_passes[name] == int(n or 1):
-        if action == "error":
-            raise OSError(f"a fault injected at {name} (DEEPMINER_FAULT={spec})")
-        os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGKILL)
-
-# %% ../nbs/06_train.ipynb #2a60bc40
-class Checkpointing:
-    "The part of `Trainer` that saves and restores a run: its state, and where the checkpoint goes."
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        "Where the latest checkpoint goes: `output`/checkpoint.pt (None: nothing is kept on disk)."
-        return None if self.output is None else self.output / "checkpoint.pt"
-
-    def state_dict(self) -> dict:
-        "Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts."
-        return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "center_optimizer": self.center_optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "history": self.history,
-                "metrics": self.metrics, "rng": gather_objects(rng_states()),   # one entry per process
-                "config": self.config.to_dict()}
-
-    def load_state_dict(self, state: dict):
-        "Continue from a `state_dict()`: weights, optimizers, schedule position, history and random generators."
-        self.model.load_state_dict(state["model"])
-        self.criterion.load_state_dict(state["criterion"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.center_optimizer.load_state_dict(state["center_optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.metrics = list(state["history"]), dict(state["metrics"])
-        ranks = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]   # a dict: an older checkpoint
-        if len(ranks) == self.world_size:
-            set_rng_states(ranks[self.rank])
-        else:  # resumed with another number of processes: generators continue from the main process's, reseeded
-            set_rng_states(ranks[0])
-            if self.rank > 0:
-                seed_everything(self.config.seed + 1000 * self.rank + self.epoch)
-
-    def kept(self) -> str:
-        "What a run that stops now leaves behind: its last checkpoint, if any."
-        if self.checkpoint_path is None or not self.checkpoint_path.exists():
-            return "no checkpoint was written yet"
-        return f"the checkpoint of epoch {self.epoch} is kept in {self.checkpoint_path}"
-
-    def write_checkpoint(self):
-        "Save `state_dict()` to `checkpoint_path` (the main process writes; every process takes part in gathering)."
-        if self.checkpoint_path is not None:
-            state = self.state_dict()               # every process: it gathers their generators' states
-            if self.is_main:
-                save_checkpoint(self.checkpoint_path, state)
-            barrier()
 
 # %% ../nbs/06_train.ipynb #bad074d8
 class CancelBatch(Exception):
@@ -314,7 +182,7 @@ class Callback:
     def on_evaluate(self, trainer, metrics: dict): pass   # metrics: mAP, rank1, … in percent
     def on_train_end(self, trainer): pass
 
-
+# %% ../nbs/06_train.ipynb #239d0658
 class LogFile(Callback):
     "Appends one line per epoch (and per evaluation) to `path`, the run folder's `log`."
 
@@ -371,8 +239,7 @@ class TrainingSteps:
     `Trainer` holds what they use (`model`, `criterion`, the optimizers, `scaler`, `device`, …)."""
 
     def forward_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of eq. (2) summed over branches and its terms, for images (B, 3, H, W) with labels (B,), in the
-        configured precision. Keeps the branch outputs and labels of the (global) batch in `outputs` and `pids`."""
+        "The loss of eq. (2) summed over branches, and its terms; keeps the (global) batch in `outputs` and `pids`."
         images, pids = images.to(self.device, non_blocking=True), pids.to(self.device, non_blocking=True)
         if self.amp:
             images = images.to(memory_format=torch.channels_last)
@@ -385,13 +252,11 @@ class TrainingSteps:
         return self.criterion(outputs, pids)
 
     def zero_grad(self):
-        "Clear the gradients of the network and of the centers."
         self.optimizer.zero_grad(set_to_none=True)
         self.center_optimizer.zero_grad(set_to_none=True)
 
     def backward(self, loss: torch.Tensor):
-        "Back-propagate `loss` (scaled when mixed precision is on)."
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()   # scaled when mixed precision is on
 
     def optimizer_step(self):
         "An Adam step for the network, an SGD step for the centers with their gradient divided by λ (Bag of Tricks)."
@@ -406,9 +271,7 @@ class TrainingSteps:
     def one_batch(self, images: torch.Tensor, pids: torch.Tensor) -> dict[str, torch.Tensor]:
         "Train on one batch; returns the total loss and its terms, detached, on the device."
         loss, terms = self.forward_loss(images, pids)
-        self.zero_grad()
-        self.backward(loss)
-        self.optimizer_step()
+        self.zero_grad(); self.backward(loss); self.optimizer_step()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 # %% ../nbs/06_train.ipynb #20aada30
@@ -434,18 +297,11 @@ class EpochTotals:
 
     def check_finite(self, epoch: int, step: int, advice: str):
         "Raise `TrainingDiverged` naming the first step of `epoch` (now at `step`) whose loss was not finite, if any."
-        bad = self.first_non_finite()
-        if bad is not None:
-            raise TrainingDiverged(f"the loss became {bad[1]} at epoch {epoch}, step "
-                                   f"{step - len(self.losses) + bad[0] + 1}; {advice}")
-
-    def first_non_finite(self) -> tuple[int, float] | None:
-        "(index, value) of the first batch whose loss was NaN or infinite, or None."
-        if not self.losses:
-            return None
-        losses = torch.stack(self.losses)
+        losses = torch.stack(self.losses) if self.losses else torch.zeros(0)
         bad = (~torch.isfinite(losses)).nonzero().flatten()
-        return (int(bad[0]), float(losses[bad[0]])) if len(bad) else None
+        if len(bad):
+            raise TrainingDiverged(f"the loss became {float(losses[bad[0]])} at epoch {epoch}, step "
+                                   f"{step - len(self.losses) + int(bad[0]) + 1}; {advice}")
 
     def means(self) -> dict[str, float]:
         "Mean of every loss term over the epoch's images, and each branch's ID accuracy as '<branch>/acc'."
@@ -453,36 +309,9 @@ class EpochTotals:
         return {**{k: float(v) / seen for k, v in self.sums.items()},
                 **{f"{name}/acc": float(c) / seen for name, c in self.correct.items()}}
 
-# %% ../nbs/06_train.ipynb #d3d6ce81
-class TrainingInterrupted(Exception):
-    "Raised at a batch's end after Ctrl-C (SIGINT); the run folder keeps the last epoch's checkpoint."
-
-
-class InterruptAtBatchEnd:
-    """While entered (in the main thread), the first Ctrl-C only sets `requested`, for the training loop to stop at the
-    end of its batch; a second one interrupts at once (KeyboardInterrupt). Elsewhere it never requests."""
-
-    def __init__(self):
-        self.requested, self.previous = False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
 # %% ../nbs/06_train.ipynb #51c7705c
-class TrainingLoop:
-    "The epochs of `Trainer`: `train_epoch` and `fit`, with the callbacks' hooks around each stage."
+class TrainingEpoch:
+    "One epoch of `Trainer`, with the callbacks' hooks around each stage."
 
     def train_epoch(self) -> dict:
         "Train one epoch and return its log entry (also appended to `history`)."
@@ -503,10 +332,7 @@ class TrainingLoop:
                     self._call("on_batch_end", {**logs, "lr": lr})
                 except CancelBatch:
                     pass
-                fault_point("batch")
-                if self.interrupt.requested:                      # Ctrl-C: stop at this batch's end
-                    raise TrainingInterrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step}; {self.kept()}"
-                                              + ("; resume=True (--resume) continues from it" if self.epoch else ""))
+                self.safe_point("batch")                 # a pending Ctrl-C stops the run here
         except CancelEpoch:
             pass
         totals.check_finite(self.epoch + 1, self.step, f"{self.kept()}. Lower the learning rate (lr={self.config.lr}) "
@@ -517,13 +343,33 @@ class TrainingLoop:
         self._call("on_epoch_end", logs)
         return logs
 
+    def _call(self, hook: str, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+# %% ../nbs/06_train.ipynb #136b7ef0
+class TrainingLoop(TrainingEpoch):
+    "The epochs of `Trainer`: `fit` trains them, checkpoints each and evaluates every `eval_every` and at the end."
+
+    def evaluate(self) -> dict:
+        "Evaluate the model on the query and gallery sets (metrics in percent); recorded in the current epoch's log."
+        self.safe_point("evaluate")
+        if self.is_main:
+            self.metrics = evaluate(self.model, self.loaders.query, self.loaders.gallery, flip=self.config.eval_flip,
+                                    device=self.device, progress=self.progress)
+        self.metrics = broadcast_object(self.metrics)
+        if self.history:
+            self.history[-1].update({f"eval/{k}": v for k, v in self.metrics.items()})
+        self._call("on_evaluate", self.metrics)
+        return self.metrics
+
     def fit(self) -> dict:
         "Train until `config.epochs` (or a callback's stop), checkpointing and evaluating; Ctrl-C: `TrainingInterrupted`."
         config = self.config
+        due = lambda epoch: epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0)
         try:
-            with InterruptAtBatchEnd() as self.interrupt:
+            with self.interruptible():
                 self._call("on_train_begin")
-                due = lambda epoch: epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0)
                 while True:
                     if self.history and due(self.epoch) and "eval/mAP" not in self.history[-1]:
                         self.evaluate()                # due and not done (a resumed run redoes one that failed)
@@ -574,11 +420,9 @@ def prepare_data(config: TrainConfig, rank: int = 0, world_size: int = 1, device
 
 # %% ../nbs/06_train.ipynb #a24e1a9d
 class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
-    """Trains a `DeepMiner` as `config` says. `output`: the run folder for checkpoints (None: keep nothing on disk).
-    `callbacks`: `Callback`s called during `fit` (a `ProgressBar` is added when `progress`). Attributes a callback may
-    read: `config`, `model`, `criterion`, `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed),
-    `step` (batches so far), `history`, `batches` (this epoch's). A callback may set `stop_training = True`: `fit`
-    then ends after the current epoch's checkpoint (and its evaluation, if one was due)."""
+    """Trains a `DeepMiner` as `config` says; `output`: the run folder (None: keep nothing on disk). A callback may read
+    `config`, `model`, `criterion`, `device`, `loaders`, `dataset`, `num_classes`, `epoch` (epochs completed), `step`,
+    `history`, `batches` (this epoch's), and set `stop_training = True` (`fit` ends after this epoch)."""
 
     def __init__(self, config: TrainConfig, output: str | Path | None = None, callbacks=(), progress: bool = True):
         self.rank, self.world_size, local_rank = init_distributed(config.device)
@@ -613,56 +457,18 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
                                                                 config.weight_decay, config.center_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.epoch, self.step, self.history, self.metrics, self.stop_training = 0, 0, [], {}, False
-        self.interrupt = InterruptAtBatchEnd()   # entered by `fit`
 
-    def evaluate(self) -> dict:
-        "Evaluate the model on the query and gallery sets (metrics in percent); recorded in the current epoch's log."
-        fault_point("evaluate")
-        if self.is_main:
-            self.metrics = evaluate(self.model, self.loaders.query, self.loaders.gallery, flip=self.config.eval_flip,
-                                    device=self.device, progress=self.progress)
-        self.metrics = broadcast_object(self.metrics)
-        if self.history:
-            self.history[-1].update({f"eval/{k}": v for k, v in self.metrics.items()})
-        self._call("on_evaluate", self.metrics)
-        return self.metrics
-
-    def _call(self, hook: str, *args):
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
 
 # %% ../nbs/06_train.ipynb #5ce08105
-RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "eval_every", "recipe")  # settings a resumed run may change
-
-
 def train(config: TrainConfig, output: str | Path, resume: bool = False, callbacks=(), progress: bool = True) -> dict:
     """Train as `config` says, in the run folder `output` (config.json, log, checkpoint.pt, metrics.json); with
     `resume`, continue from `output`/checkpoint.pt. Returns metrics.json's content."""
     output = Path(output)
-    checkpoint = output / "checkpoint.pt"
-    if not resume:
-        for name in ("checkpoint.pt", "config.json"):
-            if (output / name).exists():
-                raise FileExistsError(f"{output} already holds a run ({name}): resume it (resume=True, --resume) "
-                                      "or choose another output folder")
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
-    state = load_checkpoint(checkpoint) if resume else None
-    if state is not None and not {"config", "model", "epoch", "optimizer"} <= set(state):
-        raise ValueError(f"cannot resume: {checkpoint} is not a deepminer-train checkpoint (it lacks "
-                         f"{sorted({'config', 'model', 'epoch', 'optimizer'} - set(state))})")
+    state = open_run(output, resume)                      # None: a new run
     if state is not None:
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        changed = {k: (saved[k], v) for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE_CHANGES}
-        if changed:
-            raise ValueError(f"cannot resume {output} with other settings: "
-                             + ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
+        check_resume(output, TrainConfig.from_dict(state["config"]).to_dict(), config.to_dict())
     trainer = Trainer(config, output, callbacks=callbacks, progress=progress)
     if state is not None:
-        trained = state["model"]["heads.global.classifier.weight"].shape[0]
-        if trained != trainer.num_classes:
-            raise ValueError(f"cannot resume {output}: it was trained on {trained} identities, but {config.root} now "
-                             f"has {trainer.num_classes} training identities")
         trainer.load_state_dict(state)
     if trainer.is_main:  # under torchrun only the main process writes; config.json once the run can start
         output.mkdir(parents=True, exist_ok=True)
@@ -673,9 +479,7 @@ def train(config: TrainConfig, output: str | Path, resume: bool = False, callbac
     result = {**metrics, "epochs": trainer.epoch, "train_seconds_this_process": round(time.perf_counter() - start, 1),
               "history": trainer.history}
     if trainer.is_main:
-        tmp = output / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, output / "metrics.json")
+        write_json(output / "metrics.json", result)
     return result
 
 # %% ../nbs/06_train.ipynb #93ecca66
@@ -744,7 +548,7 @@ class RecipeSetting:
     value: object         # the paper's value (what recipe("paper") holds)
     source: str           # "§4.1", "eq. (5)" …; or "silent: <whose choice>"
 
-
+# %% ../nbs/06_train.ipynb #9aa7299e
 PAPER_RECIPE = (
     RecipeSetting("model.backbone", "resnet50", "§4.1: a ResNet-50 in all experiments"),
     RecipeSetting("model.pretrained", True, "§3.2: branches initialised with the same pretrained weights"),
@@ -843,3 +647,22 @@ def format_comparison(results: dict[str, dict]) -> str:
         seconds = sum(h["seconds"] for h in r["history"])
         lines.append(f"{name:<12} {r['mAP']:>6.1f} {r['rank1']:>7.1f} {r['rank5']:>7.1f} {r['epochs']:>7} {seconds:>10.0f}s")
     return "\n".join(lines)
+
+# %% ../nbs/06_train.ipynb #57533fe0
+def plot_history(history: Sequence[dict], title: str | None = None):
+    "Each branch's ID, triplet and center loss per epoch, and mAP / Rank-1 where evaluated, from a run's `history`."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.6))
+    branches = [k[:-len("/id")] for k in history[0] if k.endswith("/id")]
+    for ax, term in zip(axes, ("id", "triplet", "center")):
+        for branch in branches:
+            ax.plot([h["epoch"] for h in history], [h[f"{branch}/{term}"] for h in history], label=branch)
+        ax.set(title=f"{term} loss", xlabel="epoch")
+    evals = [h for h in history if "eval/mAP" in h]
+    for key, label in (("eval/mAP", "mAP"), ("eval/rank1", "Rank-1")):
+        axes[3].plot([h["epoch"] for h in evals], [h[key] for h in evals], marker="o", label=label)
+    axes[3].set(title="evaluation (%)", xlabel="epoch", ylim=(0, 100))
+    for ax in axes[[0, 3]]: ax.legend(fontsize=7)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
