@@ -221,7 +221,7 @@ def part_share_difference(records: Sequence[dict], variant: str, control: str) -
     grouped = stacked.groupby(level=1, sort=False)
     return grouped.mean(), grouped.std()
 
-
+# %% ../nbs/11_ablation.ipynb #01afb140
 def plot_part_share_difference(records: Sequence[dict], variant: str, control: str, ax=None):
     "Heat map of `part_share_difference`: red where `variant`'s branch has more of its mass than `control`'s, blue less."
     import matplotlib.pyplot as plt

@@ -22,8 +22,8 @@ from .erase import ErO, check_tau
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'ERASE_SOURCES', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file',
            'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
-           'DeepMinerConfig', 'check_input_size', 'check_images', 'make_heads', 'Inspection', 'DeepMiner',
-           'model_device', 'branch_summary', 'format_branch_table']
+           'DeepMinerConfig', 'check_model_config', 'check_input_size', 'check_images', 'make_heads', 'Inspection',
+           'BranchHeads', 'DeepMiner', 'model_device', 'branch_summary', 'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -200,23 +200,7 @@ class DeepMinerConfig:
     backbone_weights: str | None = None    # read them from this local file instead of torchvision's download
 
     def __post_init__(self):
-        if self.backbone not in RESNETS:
-            raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {self.backbone!r}")
-        if isinstance(self.ie_after, (int, str)) or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3
-                                                        for i in self.ie_after):
-            raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {self.ie_after!r}")
-        self.ie_after = tuple(sorted(self.ie_after))
-        if len(set(self.ie_after)) != len(self.ie_after):
-            raise ValueError(f"ie_after must not repeat a position, got {self.ie_after}")
-        self.tau = check_tau(self.tau)
-        if self.erase_source not in ERASE_SOURCES:
-            raise ValueError(f"erase_source must be one of {list(ERASE_SOURCES)}, got {self.erase_source!r}")
-        if isinstance(self.stripes, bool) or not isinstance(self.stripes, int) or self.stripes < 1:
-            raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {self.stripes!r}")
-        if self.cham_gate not in CHAM_GATES:
-            raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {self.cham_gate!r}")
-        if self.backbone_weights is not None:   # a weights file is a pretrained start
-            self.backbone_weights, self.pretrained = str(self.backbone_weights), True
+        check_model_config(self)
 
     def baseline(self) -> DeepMinerConfig:
         "The paper's baseline with this backbone and initialisation: the global branch alone (no IE, local or ATT)."
@@ -233,6 +217,28 @@ class DeepMinerConfig:
         if unknown:
             raise ValueError(f"unknown DeepMinerConfig options: {sorted(unknown)}")
         return cls(**d)
+
+# %% ../nbs/04_model.ipynb #39c9dc8c
+def check_model_config(c: DeepMinerConfig):
+    "Raise ValueError naming the first bad option of `c`; normalise `ie_after` (sorted) and a weights file (pretrained)."
+    if c.backbone not in RESNETS:
+        raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {c.backbone!r}")
+    if isinstance(c.ie_after, (int, str)) or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3
+                                                    for i in c.ie_after):
+        raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {c.ie_after!r}")
+    c.ie_after = tuple(sorted(c.ie_after))
+    if len(set(c.ie_after)) != len(c.ie_after):
+        raise ValueError(f"ie_after must not repeat a position, got {c.ie_after}")
+    c.tau = check_tau(c.tau)
+    if c.erase_source not in ERASE_SOURCES:
+        raise ValueError(f"erase_source must be one of {list(ERASE_SOURCES)}, got {c.erase_source!r}")
+    if isinstance(c.stripes, bool) or not isinstance(c.stripes, int) or c.stripes < 1:
+        raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {c.stripes!r}")
+    if c.cham_gate not in CHAM_GATES:
+        raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {c.cham_gate!r}")
+    if c.backbone_weights is not None:   # a weights file is a pretrained start
+        c.backbone_weights, c.pretrained = str(c.backbone_weights), True
+
 
 # %% ../nbs/04_model.ipynb #68b9c506
 def check_input_size(config: DeepMinerConfig, height: int, width: int):
@@ -276,10 +282,32 @@ class Inspection:
     erase_masks: dict[str, torch.Tensor]     # IE branch -> its mask M (B, 1, H_i, W_i), 1 = kept, 0 = erased
     erase_sources: dict[str, torch.Tensor] = field(default_factory=dict)  # IE branch -> the maps M is read from
 
+# %% ../nbs/04_model.ipynb #6b2352f8
+class BranchHeads:
+    """The part of `DeepMiner` after the branches: each branch's pooling and BNNeck (`pools`, `heads`), and `forward`
+    over `forward_features` (every branch's last feature maps)."""
+
+    def branch_head(self, name: str, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "Branch `name`'s pooling and BNNeck on its last feature maps (B, C, h, w): (f_Br, BNNeck features, logits)."
+        features = self.pools[name](maps).flatten(1)         # (B, D_branch) f_Br
+        bn_features, logits = self.heads[name](features)     # (B, D_branch), (B, num_classes)
+        return features, bn_features, logits
+
+    def forward_head(self, feature_maps: dict[str, torch.Tensor], pre_logits: bool = False) -> dict | torch.Tensor:
+        """Pool each branch's maps and apply its BNNeck. `pre_logits=True`: the concatenated BNNeck features
+        (B, Σ D_branch), the re-ID descriptor; otherwise {branch: BranchOutput(f_Br, logits)} for the losses."""
+        heads = {name: self.branch_head(name, maps) for name, maps in feature_maps.items()}
+        if pre_logits:
+            return torch.cat([bn_features for _, bn_features, _ in heads.values()], dim=1)
+        return {name: BranchOutput(features, logits) for name, (features, _, logits) in heads.items()}
+
+    def forward(self, x: torch.Tensor) -> dict[str, BranchOutput] | torch.Tensor:
+        "Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1."
+        return self.forward_head(self.forward_features(x), pre_logits=not self.training)
+
 # %% ../nbs/04_model.ipynb #0d616d32
-class DeepMiner(nn.Module):
-    """Deep Miner (Benzine et al. 2021) as `config` says (default: the paper's model; fields overridden by keyword, e.g.
-    `DeepMiner(751, backbone="resnet18")`). Training mode: {branch: BranchOutput}; eval mode: BNNeck features (B, D)."""
+class DeepMiner(BranchHeads, nn.Module):
+    "Deep Miner (Benzine et al. 2021) as `config` says; `options` override its fields, e.g. `backbone='resnet18'`."
 
     def __init__(self, num_classes: int, config: DeepMinerConfig | None = None, **options):
         super().__init__()
@@ -301,11 +329,9 @@ class DeepMiner(nn.Module):
 
     def inspect(self, x: torch.Tensor) -> Inspection:
         "Run the network on images `x` (B, 3, H, W) and return every branch's feature maps, Y_1…Y_4 and the erase masks."
-        y = self.stem(check_images(x, self.config))            # (B, 64, H/4, W/4)
-        block_outputs = {}
+        block_outputs, y = {}, self.stem(check_images(x, self.config))   # (B, 64, H/4, W/4)
         for i, stage in enumerate(self.stages, start=1):
-            y = stage(y)                                       # Y_i: (B, C_i, H_i, W_i)
-            block_outputs[i] = y
+            block_outputs[i] = y = stage(y)                              # Y_i: (B, C_i, H_i, W_i)
         feature_maps, erase_inputs, erase_masks, erase_sources = {"global": y}, {}, {}, {}
         for k, branch in enumerate(self.ie_branches, start=1):
             y_i = block_outputs[branch.position]
@@ -316,27 +342,9 @@ class DeepMiner(nn.Module):
             feature_maps["local"] = self.local_branch(block_outputs[3])
         return Inspection(block_outputs, feature_maps, erase_inputs, erase_masks, erase_sources)
 
-    def branch_head(self, name: str, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "Branch `name`'s pooling and BNNeck on its last feature maps (B, C, h, w): (f_Br, BNNeck features, logits)."
-        features = self.pools[name](maps).flatten(1)         # (B, D_branch) f_Br
-        bn_features, logits = self.heads[name](features)     # (B, D_branch), (B, num_classes)
-        return features, bn_features, logits
-
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "Every branch's last feature maps (B, C, h, w) for images `x` (B, 3, H, W): `inspect`'s `feature_maps`."
         return self.inspect(x).feature_maps
-
-    def forward_head(self, feature_maps: dict[str, torch.Tensor], pre_logits: bool = False) -> dict | torch.Tensor:
-        """Pool each branch's maps and apply its BNNeck. `pre_logits=True`: the concatenated BNNeck features
-        (B, Σ D_branch), the re-ID descriptor; otherwise {branch: BranchOutput(f_Br, logits)} for the losses."""
-        heads = {name: self.branch_head(name, maps) for name, maps in feature_maps.items()}
-        if pre_logits:
-            return torch.cat([bn_features for _, bn_features, _ in heads.values()], dim=1)
-        return {name: BranchOutput(features, logits) for name, (features, _, logits) in heads.items()}
-
-    def forward(self, x: torch.Tensor) -> dict[str, BranchOutput] | torch.Tensor:
-        "Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1."
-        return self.forward_head(self.forward_features(x), pre_logits=not self.training)
 
 # %% ../nbs/04_model.ipynb #da82bbe0
 def model_device(model: nn.Module) -> torch.device:
@@ -358,7 +366,7 @@ def _module_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return {name.removeprefix(root).lstrip("."): sum(ops.values()) / 2
             for name, ops in counter.get_flop_counts().items() if name.startswith(root)}
 
-
+# %% ../nbs/04_model.ipynb #a1663d03
 def branch_summary(model: DeepMiner, height: int = 384, width: int = 128) -> list[dict]:
     """One row per branch of `model`, plus a total: what it reads, which blocks it runs, its feature size, its own
     parameters (with the attention and head shares) and its MACs for one `height`×`width` image."""
@@ -388,7 +396,7 @@ def branch_summary(model: DeepMiner, height: int = 384, width: int = 128) -> lis
                      head_params=params(model.heads), macs=macs.get("", 0.0)))
     return rows
 
-
+# %% ../nbs/04_model.ipynb #013ba3bf
 def format_branch_table(rows: list[dict]) -> str:
     "Render `branch_summary` rows as a plain-text table (parameters in millions, MACs in billions)."
     header = f"{'branch':<7} {'input':<20} {'runs':<16} {'dim':>6} {'params':>8} {'att':>6} {'head':>6} {'GMACs':>7}"

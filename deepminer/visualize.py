@@ -89,7 +89,7 @@ def read_part_layouts(image_paths: Sequence[str | Path], height: int, width: int
             layouts.append(np.asarray(layout.resize((width, height), Image.NEAREST)))
     return torch.from_numpy(np.stack(layouts).astype(np.int64))
 
-
+# %% ../nbs/08_visualize.ipynb #fa754176
 def part_shares(energies: dict[str, torch.Tensor], layouts: torch.Tensor, parts: Sequence[str] = PARTS,
                 per_image: bool = False) -> dict[str, torch.Tensor]:
     """Each branch's share of activation mass per part: `energies` {branch: (B, H, W) >= 0} (e.g. `activation_energy`),
@@ -149,7 +149,7 @@ def heat_overlay(pictures: np.ndarray, heat, alpha: float = 0.5, cmap: str = "je
     colours = matplotlib.colormaps[cmap](np.clip(heat, 0, 1))[..., :3]             # (B, H, W, 3) in [0, 1]
     return np.round((1 - alpha) * pictures + alpha * 255 * colours).astype(np.uint8)
 
-
+# %% ../nbs/08_visualize.ipynb #a20257c8
 def picture_grid(columns: dict[str, np.ndarray], fig: Figure | None = None, cell: float = 1.0) -> Figure:
     """Draw `columns` {title: uint8 pictures (B, H, W, 3)} side by side, one row per image, on `fig` (default: a new
     Figure, not registered with pyplot, `cell` inches wide per picture) and return it."""
@@ -170,7 +170,7 @@ def picture_grid(columns: dict[str, np.ndarray], fig: Figure | None = None, cell
             axes[i, j].set_xticks([]); axes[i, j].set_yticks([])
     return fig
 
-
+# %% ../nbs/08_visualize.ipynb #649b589c
 def picture_bytes(picture: np.ndarray | Figure, format: str = "png", dpi: int = 72, quality: int = 70) -> bytes:
     """Encode a uint8 picture (H, W) or (H, W, 3), or a matplotlib Figure at `dpi`, as `format` 'png' (fast
     compression) or 'jpeg' (`quality`, optimized coding): the bytes of an image file, e.g. for an `ipywidgets.Image`.
@@ -204,7 +204,7 @@ def mask_overlay(pictures: np.ndarray, mask: torch.Tensor, darken: float = 0.75)
     kept = F.interpolate(mask.detach().float().cpu(), size=pictures.shape[1:3], mode="nearest")[:, 0, ..., None]
     return np.round(pictures * (1 - darken * (1 - kept.numpy()))).astype(np.uint8)
 
-
+# %% ../nbs/08_visualize.ipynb #abb23d51
 PART_COLOURS = {"head": "#f0e442", "torso": "#009e73", "legs": "#56b4e9", "shoes": "#e69f00", "accessory": "#cc79a7"}
 PART_ABBREVIATIONS = {"background": "bg", "head": "head", "torso": "torso", "legs": "legs", "shoes": "shoes",
                       "accessory": "acc"}
@@ -216,7 +216,7 @@ def draw_part_outlines(ax, layout: np.ndarray, parts: Sequence[str] = PARTS, lin
         if part in PART_COLOURS and (layout == index).any():
             ax.contour((layout == index).astype(float), levels=[0.5], colors=[PART_COLOURS[part]], linewidths=linewidth)
 
-
+# %% ../nbs/08_visualize.ipynb #bb162def
 def figure2(model: DeepMiner, images: torch.Tensor, masks: bool = False, layouts: torch.Tensor | None = None,
             fig: Figure | None = None, cell: float = 1.0) -> Figure:
     """The paper's Figure 2 for `images` (B, 3, H, W): per row the image and every branch's activation map over it

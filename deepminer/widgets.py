@@ -147,9 +147,9 @@ def _run_state(started: bool, done: bool, stopping: bool, going: bool, held: boo
     return "failed" if failed else ("stopped" if stopping else "finished")
 
 # %% ../nbs/09_widgets.ipynb #cd0a2dc0
-class _TrainingThread(Callback):
-    """A training function run in a daemon thread (`start`), its result or error handed to `join`, and the flags that
-    pause and stop it. `_show_state` runs at each change of state: a no-op here, a widget in `BackgroundTraining`."""
+class _RunState(Callback):
+    """The state of a run in a thread: the flags that pause and stop it, and its result or error. `_show_state` runs
+    at each change of state: a no-op here, a widget in `BackgroundTraining`."""
 
     def __init__(self):
         self.thread, self.result, self.error = None, None, None
@@ -164,6 +164,10 @@ class _TrainingThread(Callback):
 
     def _show_state(self):
         "Show the state of the run (nothing to show here)."
+
+# %% ../nbs/09_widgets.ipynb #fa5353a5
+class _TrainingThread(_RunState):
+    "A training function run in a daemon thread (`start`), its result or error handed to `join`."
 
     def start(self, fit: Callable[[], object]) -> "BackgroundTraining":
         "Call `fit()` (e.g. `trainer.fit`, or a `train(...)` call with this object among its callbacks) in a thread."
@@ -209,10 +213,8 @@ def _run_controls(run: "BackgroundTraining") -> tuple[ipywidgets.Button, ipywidg
     return pause_button, stop_button, state_label, ipywidgets.HBox([pause_button, stop_button, state_label])
 
 # %% ../nbs/09_widgets.ipynb #78fd6f1a
-class BackgroundTraining(_TrainingThread):
-    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
-    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
-    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
+class _BackgroundWidget(_TrainingThread):
+    "A run in a thread with its widget: pause/resume and stop buttons and the state (`_run_controls`)."
 
     def __init__(self):
         super().__init__()
@@ -228,6 +230,12 @@ class BackgroundTraining(_TrainingThread):
         self.state_label.value = f"training: <b>{state}</b>"
         self.pause_button.description = "resume" if state in ("pausing", "paused") else "pause"
         self.pause_button.disabled = self.stop_button.disabled = state not in ("running", "pausing", "paused")
+
+# %% ../nbs/09_widgets.ipynb #b65425b8
+class BackgroundTraining(_BackgroundWidget):
+    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
+    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
+    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
 
     def pause(self):
         "Pause the run at its next batch end."
@@ -382,6 +390,10 @@ class _ExplorerWidgets(_ErasingCache):
         "The selected block: the erasing follows B`block`."
         return self.block_selector.value
 
+# %% ../nbs/09_widgets.ipynb #924e46bd
+class _ExplorerViews(_ExplorerWidgets):
+    "The redrawing of the explorer's views: Ỹⁿ of the selected block, its masks at the slider's τ, the status line."
+
     def update_block(self):
         "Show Ỹⁿ of the selected block, then its masks."
         activation = _upsample(normalized_activation(self.block_outputs[self.block]), self.size)   # (B, H, W)
@@ -408,12 +420,12 @@ class _ExplorerWidgets(_ErasingCache):
                              f"the model's IE branch after B{self.block} erases at τ = {branch.ero.tau:.2f}")
 
 # %% ../nbs/09_widgets.ipynb #b635c3cf
-class TauExplorer(_ExplorerWidgets):
+class TauExplorer(_ExplorerViews):
     """An ipywidgets view (`widget`) of ErO on `images` (B, 3, H, W): a τ slider in [0, 1] (step 0.05) and a block
     selector (after B1/B2/B3); per image the picture, Ỹⁿ of the block, the erase mask M (eq. 1), the picture with the
-    erased positions darkened and the fraction erased. `model` runs once (on a copy, in eval mode) and again on
-    `refresh`; moving the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE branch);
-    `display_width`: pixels per picture on screen."""
+    erased positions darkened and the fraction erased. `model` runs once (a copy, in eval mode) and again on `refresh`;
+    the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE
+    branch); `display_width`: pixels per picture on screen."""
 
     def __init__(self, model: DeepMiner, images: torch.Tensor, tau: float | None = None, block: int | None = None,
                  display_width: int = 64):
@@ -426,8 +438,7 @@ class TauExplorer(_ExplorerWidgets):
         self.refresh()
 
     def refresh(self, model: DeepMiner | None = None):
-        """Run the network once more on the images — a copy of `model` (default: the explorer's own model, which may
-        be training meanwhile, e.g. under `BackgroundTraining`) in eval mode — cache its Y_1…Y_3 and redraw."""
+        "Run a copy of `model` (default: the explorer's own, perhaps training meanwhile) on the images again, and redraw."
         self._run_model(model)
         self.update_block()
 
