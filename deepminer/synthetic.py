@@ -16,10 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['PARTS', 'COLOURS', 'ATTRIBUTES', 'PART_ATTRIBUTES', 'TEXTURES', 'SKINS', 'FACINGS', 'BUILD_WIDTH', 'WORLDS',
-           'SHORTCUT_COLOURS', 'SHORTCUT_TOPS', 'MARKET_FOLDERS', 'Identity', 'draw_identities', 'Camera',
-           'draw_cameras', 'render_image', 'shortcut_torsos', 'SyntheticConfig', 'make_synthetic_reid',
-           'part_colour_descriptor', 'nearest_neighbour_accuracy']
+__all__ = ['PARTS', 'COLOURS', 'ATTRIBUTES', 'PART_ATTRIBUTES', 'TEXTURES', 'SKINS', 'FACINGS', 'BUILD_WIDTH', 'WORLDS', 'SHORTCUT_COLOURS', 'SHORTCUT_TOPS', 'MARKET_FOLDERS', 'Identity', 'draw_identities', 'Camera', 'draw_cameras', 'render_image', 'shortcut_torsos', 'SyntheticConfig', 'make_synthetic_reid', 'part_colour_descriptor', 'nearest_neighbour_accuracy']
 
 # %% ../nbs/00_synthetic.ipynb #38cb57db
 PARTS = ("background", "head", "torso", "legs", "shoes", "accessory")  # label of each pixel in the layout maps
@@ -541,48 +538,6 @@ def _plan(config: SyntheticConfig, seed: int) -> tuple[list[Camera], dict[str, l
     _name_images(specs, config.cameras, rng)
     return cameras, people, specs
 
-# %% ../nbs/00_synthetic.ipynb #bb2ea9c3
-def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
-    "True when `root` already holds this exact set; raise if it holds something else that must not be lost."
-    meta = root / "synthetic.json"
-    if meta.is_file():
-        existing = json.loads(meta.read_text())
-        try:   # a set written before a field existed holds that field's default
-            existing["config"] = asdict(SyntheticConfig(**existing["config"]))
-        except (KeyError, TypeError, ValueError):
-            pass
-        if {k: existing.get(k) for k in ("config", "seed", "format")} == {k: manifest[k] for k in ("config", "seed", "format")}:
-            return True
-        if not overwrite:
-            raise FileExistsError(f"{root} holds a synthetic set made with other settings (seed {existing.get('seed')}, "
-                                  f"{existing.get('config')}); pass overwrite=True (--overwrite) to replace it")
-    elif root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a deepminer synthetic set (no synthetic.json); "
-                              "choose an empty or new folder — nothing there is deleted")
-    return False
-
-# %% ../nbs/00_synthetic.ipynb #2f728b1e
-def _set_files(config: SyntheticConfig, seed: int) -> list[Path]:
-    "Every file `make_synthetic_reid` writes for these settings, relative to the root."
-    _, _, specs = _plan(config, seed)
-    return [Path("synthetic.json")] + [path for s in specs for path in (
-        Path(s["folder"]) / s["name"], Path("parts") / s["folder"] / (Path(s["name"]).stem + ".png"))]
-
-
-def _remove_set(root: Path) -> list[Path]:
-    "Delete the synthetic set in `root` — its own files, then the folders left empty — and return what is left."
-    existing = json.loads((root / "synthetic.json").read_text())
-    try:
-        files = _set_files(SyntheticConfig(**existing["config"]), existing["seed"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise FileExistsError(f"{root}: cannot tell which files its synthetic set wrote ({err}); delete it yourself") from None
-    for path in files:
-        (root / path).unlink(missing_ok=True)
-    for folder in [*(Path("parts") / f for f in MARKET_FOLDERS), Path("parts"), *map(Path, MARKET_FOLDERS), Path(".")]:
-        if (root / folder).is_dir() and not any((root / folder).iterdir()):
-            (root / folder).rmdir()
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
 # %% ../nbs/00_synthetic.ipynb #f52531bb
 _PALETTE = [v for rgb in ((0, 0, 0), (230, 170, 60), (200, 40, 40), (40, 90, 200), (60, 170, 80), (170, 60, 190)) for v in rgb]
 
@@ -603,7 +558,7 @@ def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False
     config = SyntheticConfig(**sizes)
     root = Path(root)
     manifest = {"format": "deepminer-synthetic-1", "seed": int(seed), "config": asdict(config)}
-    if _check_root(root, manifest, overwrite):
+    if _check_root(root, manifest, overwrite):   # this very set is there already; anything else is kept (`00a_set_files`)
         return root
     cameras, people, specs = _plan(config, seed)
     tmp = root.parent / f".{root.name}.partial"
@@ -622,15 +577,7 @@ def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False
                     identities={split: [asdict(p) for p in ps] for split, ps in people.items()},
                     counts={folder: sum(s["folder"] == folder for s in specs) for folder in MARKET_FOLDERS})
     (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    if root.exists():  # only reached for a synthetic set with other settings and overwrite=True
-        _remove_set(root)
-    if not root.exists():
-        tmp.rename(root)
-    else:             # files of someone else's stay: move the new set in beside them
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            (root / path.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, root / path.relative_to(tmp))
-        shutil.rmtree(tmp)
+    _move_set(tmp, root)                 # the finished set takes the root's place (`00a_set_files`)
     return root
 
 # %% ../nbs/00_synthetic.ipynb #c9349c15
@@ -661,3 +608,59 @@ def nearest_neighbour_accuracy(features: np.ndarray, pids: np.ndarray) -> float:
     distances = ((features[:, None] - features[None]) ** 2).sum(-1)
     np.fill_diagonal(distances, np.inf)
     return float((pids[distances.argmin(1)] == pids).mean())
+
+# %% ../nbs/00a_set_files.ipynb #bb2ea9c3
+def _check_root(root: Path, manifest: dict, overwrite: bool) -> bool:
+    "True when `root` already holds this exact set; raise if it holds something else that must not be lost."
+    meta = root / "synthetic.json"
+    if meta.is_file():
+        existing = json.loads(meta.read_text())
+        try:   # a set written before a field existed holds that field's default
+            existing["config"] = asdict(SyntheticConfig(**existing["config"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+        if {k: existing.get(k) for k in ("config", "seed", "format")} == {k: manifest[k] for k in ("config", "seed", "format")}:
+            return True
+        if not overwrite:
+            raise FileExistsError(f"{root} holds a synthetic set made with other settings (seed {existing.get('seed')}, "
+                                  f"{existing.get('config')}); pass overwrite=True (--overwrite) to replace it")
+    elif root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a deepminer synthetic set (no synthetic.json); "
+                              "choose an empty or new folder — nothing there is deleted")
+    return False
+
+# %% ../nbs/00a_set_files.ipynb #2f728b1e
+def _set_files(config: SyntheticConfig, seed: int) -> list[Path]:
+    "Every file `make_synthetic_reid` writes for these settings, relative to the root."
+    _, _, specs = _plan(config, seed)
+    return [Path("synthetic.json")] + [path for s in specs for path in (
+        Path(s["folder"]) / s["name"], Path("parts") / s["folder"] / (Path(s["name"]).stem + ".png"))]
+
+
+def _remove_set(root: Path) -> list[Path]:
+    "Delete the synthetic set in `root` — its own files, then the folders left empty — and return what is left."
+    existing = json.loads((root / "synthetic.json").read_text())
+    try:
+        files = _set_files(SyntheticConfig(**existing["config"]), existing["seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise FileExistsError(f"{root}: cannot tell which files its synthetic set wrote ({err}); delete it yourself") from None
+    for path in files:
+        (root / path).unlink(missing_ok=True)
+    for folder in [*(Path("parts") / f for f in MARKET_FOLDERS), Path("parts"), *map(Path, MARKET_FOLDERS), Path(".")]:
+        if (root / folder).is_dir() and not any((root / folder).iterdir()):
+            (root / folder).rmdir()
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+# %% ../nbs/00a_set_files.ipynb #64754762
+def _move_set(tmp: Path, root: Path):
+    """Put the set written in `tmp` at `root`: a rename, or, where `root` holds a synthetic set with other settings
+    (reached only with overwrite=True), remove that set's own files first and move the new one in beside yours."""
+    if root.exists():
+        _remove_set(root)
+    if not root.exists():
+        tmp.rename(root)
+        return
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):   # files of someone else's stay
+        (root / path.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, root / path.relative_to(tmp))
+    shutil.rmtree(tmp)
