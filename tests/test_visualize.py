@@ -158,3 +158,20 @@ def test_part_shares_errors():
         part_shares({"g": torch.ones(1, 2, 2)}, layouts + len(PARTS))
     with pytest.raises(FileNotFoundError, match="no part layout"):
         read_part_layouts(["/nowhere/query/x.jpg"], 4, 2)
+
+
+def test_08s_printouts_are_the_reference_models_kept_ones():
+    """08_visualize prints through `report`: every printout it names is kept in results/visualize.json, and the
+    notebook's stored output of each such cell is the kept text — so a fresh clone, which has no reference checkpoint
+    and shows the kept pictures, prints the numbers of the same model its prose describes."""
+    import json
+    import re
+    from pathlib import Path
+    nbs = Path(__file__).parent.parent / "nbs"
+    record = json.loads((nbs / "results" / "visualize.json").read_text())
+    cells = [c for c in json.loads((nbs / "08_visualize.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+    reporting = {m: c for c in cells for m in re.findall(r'report\("(\w+)"', "".join(c["source"]))}
+    assert set(reporting) == set(record["printouts"]) and len(reporting) >= 4
+    for name, cell in reporting.items():
+        printed = "".join("".join(o["text"]) for o in cell.get("outputs", []) if o.get("name") == "stdout")
+        assert record["printouts"][name] in printed, name
