@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import (Checkpointing, check_resume, load_checkpoint, open_run, seed_everything,
                                   write_json)
-from .checkpoint import (TrainingInterrupted, fault_point, rng_states, save_checkpoint,  # noqa: F401
+from .checkpoint import (TrainingInterrupted, rng_states, save_checkpoint,  # noqa: F401
                                   set_rng_states)   # importable from here too, as before the appendix 06c
 from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_dataset, build_transforms
 from .distributed import barrier, broadcast_object, convert_sync_batchnorm, gather_batch, init_distributed
