@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import write_json
 from .train import TrainConfig
 
 # %% auto #0
@@ -62,12 +63,10 @@ def load_results(path: str | Path, keys: Sequence[str] = ("variant", "seed", "co
 
 
 def save_results(records: list[dict], path: str | Path):
-    "Write `records` to `path` atomically (a temporary file, then a rename)."
+    "Write `records` to `path` atomically (`write_json`: a temporary file, then a rename), making its folder."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, records)
 
 # %% ../nbs/11c_runs.ipynb #b29e63a1
 def run_cached(configs: dict[tuple, TrainConfig], fields: Sequence[str], run: Callable[[tuple, TrainConfig], dict],
