@@ -639,4 +639,6 @@ d = { 'settings': { 'branch': 'main',
                                    'deepminer.widgets._status_line': ('widgets.html#_status_line', 'deepminer/widgets.py'),
                                    'deepminer.widgets._sweep_figure': ('widgets.html#_sweep_figure', 'deepminer/widgets.py'),
                                    'deepminer.widgets._upsample': ('widgets.html#_upsample', 'deepminer/widgets.py'),
-                                   'deepminer.widgets.in_jupyter': ('widgets.html#in_jupyter', 'deepminer/widgets.py')}}}
+                                   'deepminer.widgets.in_jupyter': ('widgets.html#in_jupyter', 'deepminer/widgets.py'),
+                                   'deepminer.widgets.static_tau_explorer': ('widgets.html#static_tau_explorer', 'deepminer/widgets.py'),
+                                   'deepminer.widgets.tau_frames': ('widgets.html#tau_frames', 'deepminer/widgets.py')}}}

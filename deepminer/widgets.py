@@ -5,14 +5,19 @@
 # %% ../nbs/09_widgets.ipynb #d76b4654
 from __future__ import annotations
 
+import base64
 import copy
+import html
 import io
+import json
 import threading
+import uuid
 from typing import Callable
 
 import ipywidgets
 import numpy as np
 import torch
+from IPython.display import HTML
 from matplotlib.figure import Figure
 from PIL import Image
 from torch.nn import functional as F
@@ -23,7 +28,8 @@ from .train import Callback
 from .visualize import figure2, heat_overlay, inspect_eval, mask_overlay, picture_bytes, picture_grid, to_pictures
 
 # %% auto #0
-__all__ = ['BLOCKS', 'in_jupyter', 'LiveDashboard', 'TrainingStopped', 'BackgroundTraining', 'TauExplorer']
+__all__ = ['BLOCKS', 'TAU_GRID', 'in_jupyter', 'LiveDashboard', 'TrainingStopped', 'BackgroundTraining', 'TauExplorer',
+           'tau_frames', 'static_tau_explorer']
 
 # %% ../nbs/09_widgets.ipynb #612d8f6f
 def in_jupyter() -> bool:
@@ -459,3 +465,48 @@ class TauExplorer(_ExplorerViews):
         fig = picture_grid(columns, cell=1.1)
         fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased", fontsize=9)
         return fig
+
+# %% ../nbs/09_widgets.ipynb #213a82a3
+TAU_GRID = tuple(round(t, 2) for t in np.arange(0, 1.0001, 0.05))   # the static explorer's τ values
+
+
+def tau_frames(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), taus=TAU_GRID, quality: int = 40) -> dict:
+    """What the τ slider shows, precomputed: for each block of `blocks` and each τ of `taus`, `images` (B, 3, H, W)
+    side by side with the positions `erase_mask` erases darkened, as JPEG bytes, and each image's erased share.
+    Returns {"taus": [...], "frames": {block: [bytes per τ]}, "erased": {block: [[share per image] per τ]}}."""
+    cache = _ErasingCache(model, images)
+    cache._run_model()
+    gap = np.full((len(cache.pictures), cache.size[0], 2, 3), 255, np.uint8)       # a white line between people
+    frames, erased = {}, {}
+    for block in blocks:
+        y = cache.block_outputs[block]
+        masks = [erase_mask(y, tau) for tau in taus]                                   # (B, 1, h, w) each
+        frames[block] = [picture_bytes(np.concatenate([np.concatenate([p, g], 1) for p, g in
+                                                       zip(mask_overlay(cache.pictures, m), gap)], 1)[:, :-2],
+                                       "jpeg", quality=quality) for m in masks]
+        erased[block] = [(1 - m.mean(dim=(1, 2, 3))).tolist() for m in masks]
+    return {"taus": list(taus), "frames": frames, "erased": erased}
+
+# %% ../nbs/09_widgets.ipynb #b5347152
+def static_tau_explorer(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), taus=TAU_GRID, start: float | None = None,
+                        display_width: int = 96):
+    """A τ explorer that needs no kernel: `tau_frames` in an HTML output with a slider (class `deepminer-static-tau`)
+    that swaps each block's picture (class `deepminer-static-frame`) and its erased shares. Starts at `start`
+    (default: the model's first IE branch's τ); `display_width`: pixels per person on screen."""
+    data = tau_frames(model, images, blocks, taus)
+    taus = data["taus"]
+    start = min(range(len(taus)), key=lambda i: abs(taus[i] - (start if start is not None else _start_values(model, None, None)[0])))
+    uris = {b: ["data:image/jpeg;base64," + base64.b64encode(f).decode() for f in fs] for b, fs in data["frames"].items()}
+    shares = {b: [" ".join(f"{s:.0%}" for s in row) for row in rows] for b, rows in data["erased"].items()}
+    key, width = f"tau-{uuid.uuid4().hex[:8]}", display_width * len(images)
+    rows = "".join(f'<div>{html.escape(BLOCKS[b])}: erased <span class="deepminer-static-erased" data-block="{b}">'
+                   f'{shares[b][start]}</span><br><img class="deepminer-static-frame" data-block="{b}" '
+                   f'src="{uris[b][start]}" style="width:{width}px;image-rendering:pixelated"></div>' for b in blocks)
+    script = (f"(function(){{const root=document.getElementById('{key}'),uris={json.dumps(uris)},shares={json.dumps(shares)},"
+              f"taus={json.dumps(taus)};const s=root.querySelector('input'),t=root.querySelector('.deepminer-static-tau-value');"
+              "s.addEventListener('input',()=>{const i=+s.value;t.textContent=taus[i].toFixed(2);"
+              "root.querySelectorAll('img').forEach(im=>{im.src=uris[im.dataset.block][i]});"
+              "root.querySelectorAll('.deepminer-static-erased').forEach(e=>{e.textContent=shares[e.dataset.block][i]});});})();")
+    return HTML(f'<div id="{key}" class="deepminer-static-explorer">τ = <span class="deepminer-static-tau-value">'
+                f'{taus[start]:.2f}</span> <input type="range" class="deepminer-static-tau" min="0" max="{len(taus) - 1}" '
+                f'step="1" value="{start}" style="width:{width}px">{rows}<script>{script}</script></div>')

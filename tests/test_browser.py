@@ -1,6 +1,8 @@
 """The τ explorer in a real browser: JupyterLab on localhost opens nbs/09_widgets.ipynb in headless Chromium and runs
 its cells up to the first explorer (the section a learner starts with; `nbdev_test` runs the whole notebook), the test
-drags the τ slider with the mouse, and the rendered mask images must change (new image data from the kernel).
+drags the τ slider with the mouse, and the rendered mask images must change (new image data from the kernel). It then
+runs on to the kernel-free explorer (`static_tau_explorer`, an HTML output with a script) and moves its slider: the
+picture and the erased shares must change there too.
 
 Needs the Debian package `chromium` (/usr/bin/chromium), and `playwright` and `jupyterlab` in the environment; it
 skips, saying which is missing, only when one of them is not installed, and fails instead under CI (CI=true).
@@ -25,13 +27,14 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 SERVER_START_S, PAGE_S, NOTEBOOK_RUN_S, UPDATE_S = 90, 90, 240, 30   # bounds of each wait, in seconds
 FIRST_EXPLORER = "TauExplorer(reference"   # in the source of the cell that shows the notebook's first explorer
+STATIC_EXPLORER = "static_tau_explorer(reference, people[:4])"   # the cell that shows the kernel-free one
 
 
-def cells_to_run() -> int:
-    "How many cells of the notebook, from the top, run in the browser: up to and including the first explorer's."
+def cells_to_run(needle: str = FIRST_EXPLORER) -> int:
+    "How many cells of the notebook, from the top, run in the browser: up to and including the first holding `needle`."
     sources = ["".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]]
-    found = [i for i, source in enumerate(sources) if FIRST_EXPLORER in source]
-    assert found, f"no cell of {NOTEBOOK.name} contains {FIRST_EXPLORER!r}: where does the first explorer start?"
+    found = [i for i, source in enumerate(sources) if needle in source]
+    assert found, f"no cell of {NOTEBOOK.name} contains {needle!r}: where does that explorer start?"
     return found[0] + 1
 
 
@@ -176,5 +179,28 @@ def test_dragging_the_tau_slider_changes_the_rendered_masks(jupyterlab):
                 folder.mkdir(parents=True, exist_ok=True)
                 output.screenshot(path=folder / "tau_explorer.png")
                 page.screenshot(path=folder / "jupyterlab.png")
+            drag_the_static_explorer(page)
         finally:
             browser.close()
+
+
+def drag_the_static_explorer(page):
+    """Run the notebook on to its kernel-free explorer (an HTML output with a script) and move that slider: its picture
+    and its erased shares must change, in JupyterLab as on the website (tests/test_docs.py)."""
+    n = cells_to_run(STATIC_EXPLORER)
+    page.evaluate("""(n) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = n;
+        return window.jupyterapp.commands.execute('notebook:run-all-above'); }""", n)
+    state = page.wait_for_function(NOTEBOOK_STATE, arg=n, timeout=NOTEBOOK_RUN_S * 1000, polling=1000).json_value()
+    assert state == "done", "a cell before the static explorer failed in JupyterLab"
+    slider = page.locator("input.deepminer-static-tau").first
+    explorer = page.locator(".deepminer-static-explorer", has=slider).first
+    frame, erased = explorer.locator("img.deepminer-static-frame").first, explorer.locator(".deepminer-static-erased").first
+    slider.scroll_into_view_if_needed()
+    before = (frame.get_attribute("src"), erased.inner_text())
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + 0.1 * box["width"], box["y"] + box["height"] / 2)       # a low τ: more erased
+    page.wait_for_function("([img, src]) => document.querySelector(img).getAttribute('src') !== src",
+                           arg=[".deepminer-static-explorer img.deepminer-static-frame", before[0]], timeout=UPDATE_S * 1000)
+    assert erased.inner_text() != before[1], "the erased shares did not change with the static slider"
+    if os.environ.get("DEEPMINER_SCREENSHOTS"):
+        explorer.screenshot(path=Path(os.environ["DEEPMINER_SCREENSHOTS"]) / "static_tau_explorer_jupyterlab.png")
