@@ -51,14 +51,18 @@ def missing_tools() -> list[str]:
     return missing
 
 
-@pytest.fixture(autouse=True)
-def browser_tools():
-    "Skip when a tool is missing — except under CI (CI=true), which installs them all and must run this test."
+def require_browser_tools(test: str = "the browser test"):
+    "Skip when a tool is missing — except under CI (CI=true), which installs them all and must run `test`."
     missing = missing_tools()
     if missing and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("CI must run the browser test, but these are not installed: " + "; ".join(missing))
+        pytest.fail(f"CI must run {test}, but these are not installed: " + "; ".join(missing))
     if missing:
         pytest.skip("not installed: " + "; ".join(missing))
+
+
+@pytest.fixture(autouse=True)
+def browser_tools():
+    require_browser_tools()
 
 
 def free_port() -> int:
