@@ -71,8 +71,6 @@ def prepare(source: Path, nbs: Path = ROOT / "nbs"):
             page["cells"].append({"cell_type": "markdown", "id": "reading-order", "metadata": {},
                                   "source": reading_order(list(notebooks), appendix)})
         (source / f"{name}.ipynb").write_text(json.dumps(page), encoding="utf-8")
-    if (nbs / "results").is_dir():                 # pictures a page links to by path
-        shutil.copytree(nbs / "results", source / "results", ignore=shutil.ignore_patterns("*.json"))
     shutil.copyfile(ROOT / "docs" / "conf.py", source / "conf.py")
     copy_mathjax(source / "_static")
     for asset in (ROOT / "docs" / "_static").glob("*") if (ROOT / "docs" / "_static").is_dir() else []:
