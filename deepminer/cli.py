@@ -20,7 +20,7 @@ import torch
 from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
 from .model import ERASE_SOURCES, DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
-from .export import EXPORT_FORMATS, export_checkpoint
+from .export import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, export_checkpoint
 from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
 from .data import BAD_IMAGE_POLICIES
@@ -384,12 +384,16 @@ def export_parser() -> argparse.ArgumentParser:
     "The argument parser of `deepminer-export`."
     parser = OneLineParser(
         prog="deepminer-export",
-        description="Export a deepminer-train checkpoint's feature extractor to ONNX or TorchScript and check that the "
-                    "exported file gives PyTorch's features.")
+        description="Export a deepminer-train checkpoint's feature extractor to TorchScript (the default) or ONNX and "
+                    "check that the exported file gives PyTorch's features. The file takes RGB images in [0, 1] at the "
+                    "training size, normalizes them itself, and carries its input size and normalization as metadata; "
+                    "deepminer.export.ImageFeatureExtractor(FILE)(image files) runs it.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
-    parser.add_argument("--format", choices=sorted(EXPORT_FORMATS), default="onnx", help="(default: %(default)s)")
-    parser.add_argument("--output", help="file to write, replaced if it exists (default: beside the checkpoint, checkpoint.onnx or "
-                             "checkpoint.torchscript.pt, which must not exist yet)")
+    parser.add_argument("--format", choices=sorted(EXPORT_FORMATS),
+                        help=f"(default: from --output's suffix, else {DEFAULT_EXPORT_FORMAT}; onnx needs pip install onnx onnxruntime)")
+    parser.add_argument("--output", help="file to write, replaced if it holds an earlier export, never if it holds a PyTorch "
+                             "checkpoint (default: beside the checkpoint, checkpoint.torchscript.pt or checkpoint.onnx, "
+                             "which must not exist yet); written under a temporary name and renamed once it passes its check")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest difference allowed from PyTorch's features (default: %(default)s)")
     return parser
 

@@ -6,19 +6,29 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torchvision import transforms as T
 
+import deepminer
+from .data import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image
+from .evaluate import branch_columns
 from .model import DeepMiner, model_device
 from .train import load_model
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'ONNX_OPSET', 'FeatureExtractor', 'check_format', 'require_onnx', 'load_exported', 'export_model',
-           'export_checkpoint']
+__all__ = ['EXPORT_METADATA', 'EXPORT_FORMATS', 'DEFAULT_EXPORT_FORMAT', 'ONNX_OPSET', 'FeatureExtractor', 'ImagesToFeatures',
+           'export_metadata', 'check_format', 'suffix_format', 'export_format', 'require_onnx', 'read_export_metadata',
+           'load_exported', 'check_not_checkpoint', 'export_model', 'export_checkpoint', 'ImageFeatureExtractor']
 
 # %% ../nbs/10a_export.ipynb #13284990
 class FeatureExtractor(nn.Module):
@@ -43,8 +53,40 @@ class FeatureExtractor(nn.Module):
         return torch.cat([neck(pool(m).flatten(1))                                # (B, D_branch) each
                           for m, pool, neck in zip(maps.values(), self.pools, self.necks)], dim=1)
 
+# %% ../nbs/10a_export.ipynb #0469e883
+class ImagesToFeatures(nn.Module):
+    """What an export holds: RGB images in [0, 1] at the training size (B, 3, H, W) -> the training normalization
+    (`mean`, `std`) -> `FeatureExtractor` -> features (B, D). A deployment adds only a resize."""
+
+    def __init__(self, model: DeepMiner, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.extractor = FeatureExtractor(model)
+        self.feature_dim = self.extractor.feature_dim
+        device = model_device(model)
+        self.register_buffer("mean", torch.tensor(mean, device=device).view(1, 3, 1, 1))  # (1, 3, 1, 1)
+        self.register_buffer("std", torch.tensor(std, device=device).view(1, 3, 1, 1))    # (1, 3, 1, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        "RGB images in [0, 1] (B, 3, H, W) -> features (B, D)."
+        return self.extractor((images - self.mean) / self.std)
+
+
+EXPORT_METADATA = "deepminer.json"   # the name under which an exported file keeps its metadata
+
+
+def export_metadata(model: DeepMiner, height: int, width: int) -> dict:
+    "What a user of an exported `model` needs besides the file: its input, preprocessing and output layout."
+    columns = branch_columns(model)
+    return {"input": {"name": "images", "shape": ["batch", 3, height, width], "height": height, "width": width,
+                      "pixels": "RGB in [0, 1], resized to height x width (bilinear, torchvision Resize)",
+                      "normalization": {"applied": "inside the model", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
+            "output": {"name": "features", "shape": ["batch", sum(model.feature_dims.values())],
+                       "branches": {name: [s.start, s.stop] for name, s in columns.items()}},
+            "backbone": model.config.backbone, "deepminer": deepminer.__version__}
+
 # %% ../nbs/10a_export.ipynb #5eaa8c10
-EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # format -> default file suffix
+EXPORT_FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}  # format -> file suffix
+DEFAULT_EXPORT_FORMAT = "torchscript"                                  # needs nothing beyond PyTorch
 ONNX_OPSET = 17
 
 
@@ -55,6 +97,23 @@ def check_format(format: str) -> str:
     return format
 
 
+def suffix_format(path: str | Path) -> str | None:
+    "The export format whose suffix `path` ends with, or None."
+    return next((format for format, suffix in EXPORT_FORMATS.items() if str(path).endswith(suffix)), None)
+
+
+def export_format(path: str | Path, format: str | None = None) -> str:
+    """The format to write `path` in: `format` when given (then `path` must not end with the other format's suffix),
+    else the one `path`'s suffix names, else `DEFAULT_EXPORT_FORMAT`."""
+    named = suffix_format(path)
+    if format is None:
+        return named or DEFAULT_EXPORT_FORMAT
+    if named not in (None, check_format(format)):
+        raise ValueError(f"{path} ends in {EXPORT_FORMATS[named]}, the {named} suffix, but the format is {format}: "
+                         f"name the file *{EXPORT_FORMATS[format]}, or choose the {named} format")
+    return format
+
+
 def require_onnx():
     "Raise ImportError naming the `pip install` that fixes it, unless onnx (to write) and onnxruntime (to check) import."
     for module in ("onnx", "onnxruntime"):
@@ -62,35 +121,60 @@ def require_onnx():
             importlib.import_module(module)
         except ImportError:
             raise ImportError(f"an ONNX export needs {module}: pip install onnx onnxruntime (or use the torchscript "
-                              "format)") from None
+                              "format, the default)") from None
 
-
-def _export_onnx(extractor: nn.Module, example: torch.Tensor, path: Path, opset: int):
-    "Write `extractor` as ONNX with a dynamic batch axis (TorchScript-based exporter; see the text above)."
+# %% ../nbs/10a_export.ipynb #51208dd9
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, metadata: dict, opset: int):
+    "Write `module` as ONNX with a dynamic batch axis (TorchScript-based exporter; see above) and `metadata`."
+    import onnx
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
-        torch.onnx.export(extractor, (example,), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["features"],
                           dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {EXPORT_METADATA: json.dumps(metadata)})
+    onnx.save(graph, str(path))
 
 
-def _export_torchscript(extractor: nn.Module, example: torch.Tensor, path: Path):
-    "Write `extractor` as a traced TorchScript module."
+def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, metadata: dict):
+    "Write `module` as a traced TorchScript module, `metadata` as its extra file `EXPORT_METADATA`."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export, which fails here
-        traced = torch.jit.trace(extractor, example, check_trace=False)  # export_model checks the saved file instead
-        traced.save(str(path))
+        traced = torch.jit.trace(module, example, check_trace=False)  # export_model checks the saved file instead
+        traced.save(str(path), _extra_files={EXPORT_METADATA: json.dumps(metadata)})
 
 
+def read_export_metadata(path: str | Path, format: str | None = None) -> dict:
+    "The metadata (`export_metadata`) an exported file carries; an error naming the file if it carries none."
+    path, format = Path(path), export_format(path, format)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}")
+    try:
+        if format == "onnx":
+            import onnxruntime as ort
+            text = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map[EXPORT_METADATA]
+        else:
+            with zipfile.ZipFile(path) as archive:
+                text = archive.read(next(name for name in archive.namelist() if name.endswith("/extra/" + EXPORT_METADATA)))
+        return json.loads(text)
+    except ImportError:
+        raise
+    except Exception:
+        raise ValueError(f"{path} is not a {format} file written by deepminer's export (no {EXPORT_METADATA} "
+                         "metadata); export the checkpoint again with deepminer-export") from None
+
+# %% ../nbs/10a_export.ipynb #505eadef
 def load_exported(path: str | Path, format: str | None = None, threads: int | None = None):
-    """A function from images (B, 3, H, W) (tensor or array, float32) to features (B, D) (a CPU tensor) that runs the
-    exported file `path` (format from its suffix unless given): onnxruntime for ONNX, `torch.jit.load` for TorchScript.
-    `threads`: onnxruntime's intra-op threads (None: its default)."""
+    """A function from RGB images in [0, 1] (B, 3, H, W) (tensor or array, float32) to features (B, D) (a CPU
+    tensor) that runs the exported file `path` (format from its suffix unless given): onnxruntime for ONNX,
+    `torch.jit.load` for TorchScript. `threads`: onnxruntime's intra-op threads (None: its default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
-    format = check_format(format or ("onnx" if path.suffix == ".onnx" else "torchscript"))
-    if format == "onnx":
+    if suffix_format(path) is None and format is None:
+        format = "onnx" if path.suffix == ".onnx" else DEFAULT_EXPORT_FORMAT
+    if export_format(path, format) == "onnx":
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -111,64 +195,129 @@ def load_exported(path: str | Path, format: str | None = None, threads: int | No
             return module(torch.as_tensor(images, dtype=torch.float32))
     return run
 
+# %% ../nbs/10a_export.ipynb #6562fc01
+def check_not_checkpoint(path: Path):
+    "Refuse to write an export over a PyTorch checkpoint (a `torch.save` archive: a run's checkpoint.pt, weights)."
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: name the file to export to")
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(name.endswith("/data.pkl") for name in names) and not any("/code/" in name for name in names):
+            raise FileExistsError(f"{path} is a PyTorch checkpoint (a torch.save file); an export never replaces one: "
+                                  "choose another output file")
+
+
+def _largest_difference(module: nn.Module, path: Path, format: str, sizes: Sequence[int], height: int, width: int,
+                        generator: torch.Generator) -> float:
+    "Largest |exported - PyTorch| of the file at `path` over random image batches of `sizes`; a shape mismatch raises."
+    run, diff, device = load_exported(path, format), 0.0, module.mean.device
+    for b in sizes:
+        images = torch.rand(b, 3, height, width, generator=generator)         # RGB in [0, 1]
+        expected = module(images.to(device)).cpu()                             # (b, D)
+        got = run(images)                                                      # (b, D)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{path}: exported model gives features of shape {tuple(got.shape)} for "
+                               f"{b} images, PyTorch {tuple(expected.shape)}")
+        diff = max(diff, (got - expected).abs().max().item())
+    return diff
+
 # %% ../nbs/10a_export.ipynb #86381f4f
-def export_model(model: DeepMiner, path: str | Path, format: str = "onnx", height: int = 384, width: int = 128,
+def export_model(model: DeepMiner, path: str | Path, format: str | None = None, height: int = 384, width: int = 128,
                  batch_size: int = 2, check_batch_sizes: tuple[int, ...] = (1, 3), atol: float = 1e-4,
                  opset: int = ONNX_OPSET, seed: int = 0) -> dict:
-    """Export the eval-mode feature extractor of `model` to `path` as `format` ('onnx' or 'torchscript'), for images
-    of `height`×`width`: input `images` (B, 3, H, W) normalized, output `features` (B, D), B dynamic. The file is then
-    reloaded and compared with PyTorch on random batches of `check_batch_sizes` images; a difference above `atol` is
-    an error. Returns {path, format, height, width, feature_dim, max_abs_diff, check_batch_sizes}."""
-    format, path = check_format(format), Path(path)
+    """Export `ImagesToFeatures(model)` to `path` as `format` ('torchscript' or 'onnx'; default: from `path`'s suffix,
+    else TorchScript) for images of `height`×`width`: input `images` (B, 3, H, W) RGB in [0, 1], output `features`
+    (B, D), B dynamic, with `export_metadata` inside. The file is written under a temporary name, reloaded and compared
+    with PyTorch on random batches of `check_batch_sizes` images (a difference above `atol` is an error), and only
+    then renamed to `path`, replacing a previous export there (never a PyTorch checkpoint). Returns {path, format,
+    height, width, feature_dim, max_abs_diff, check_batch_sizes}."""
+    path = Path(path)
+    format = export_format(path, format)
     for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if format == "onnx":
         require_onnx()
+    check_not_checkpoint(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    existed, was_training = path.exists(), model.training
-    extractor = FeatureExtractor(model).eval()   # sets the shared modules to eval mode
-    device = model_device(model)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    was_training, module = model.training, ImagesToFeatures(model).eval()   # sets the shared modules to eval mode
     generator = torch.Generator().manual_seed(seed)
     try:
-        example = torch.randn(batch_size, 3, height, width, generator=generator).to(device)
+        example = torch.rand(batch_size, 3, height, width, generator=generator).to(module.mean.device)
+        metadata = export_metadata(model, height, width)
         with torch.no_grad():
             if format == "onnx":
-                _export_onnx(extractor, example, path, opset)
+                _export_onnx(module, example, temporary, metadata, opset)
             else:
-                _export_torchscript(extractor, example, path)
-            run, diff = load_exported(path, format), 0.0
-            for b in check_batch_sizes:
-                images = torch.randn(b, 3, height, width, generator=generator)
-                expected = extractor(images.to(device)).cpu()                        # (b, D)
-                got = run(images)                                                    # (b, D)
-                if got.shape != expected.shape:
-                    raise RuntimeError(f"{path}: exported model gives features of shape {tuple(got.shape)} for "
-                                       f"{b} images, PyTorch {tuple(expected.shape)}")
-                diff = max(diff, (got - expected).abs().max().item())
+                _export_torchscript(module, example, temporary, metadata)
+            diff = _largest_difference(module, temporary, format, check_batch_sizes, height, width, generator)
         if not diff <= atol:
             raise RuntimeError(f"{path}: the exported {format} model differs from PyTorch by up to {diff:.3g} (> atol={atol})")
-    except BaseException:
-        if not existed:              # a file that failed its check is not left behind
-            path.unlink(missing_ok=True)
-        raise
+        os.replace(temporary, path)
     finally:
+        temporary.unlink(missing_ok=True)
         model.train(was_training)
-    return dict(path=str(path), format=format, height=height, width=width, feature_dim=extractor.feature_dim,
+    return dict(path=str(path), format=format, height=height, width=width, feature_dim=module.feature_dim,
                 max_abs_diff=diff, check_batch_sizes=tuple(check_batch_sizes))
 
 # %% ../nbs/10a_export.ipynb #84050a01
-def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, format: str = "onnx",
+def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, format: str | None = None,
                       atol: float = 1e-4, replace: bool = False) -> dict:
-    """Export the model of training checkpoint `checkpoint` (written by `deepminer.train.train`) as `format`
-    ('onnx' or 'torchscript') at its training resolution, to `output` (default: the checkpoint's path with suffix
-    .onnx or .torchscript.pt), validated as `export_model` does; an existing file is replaced only with `replace`.
-    Returns `export_model`'s dict."""
-    format, checkpoint = check_format(format), Path(checkpoint)
+    """Export the model of training checkpoint `checkpoint` (written by `deepminer.train.train`) at its training
+    resolution, as `format` (default: from `output`'s suffix, else TorchScript), to `output` (default: the
+    checkpoint's path with suffix .torchscript.pt or .onnx), validated as `export_model` does; an existing file is
+    replaced only with `replace`, and never a PyTorch checkpoint. Returns `export_model`'s dict."""
+    checkpoint = Path(checkpoint)
+    format = export_format(output if output is not None else checkpoint.name, format)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {checkpoint}")
-    model, config = load_model(checkpoint, "cpu")
     output = Path(output) if output is not None else checkpoint.with_name(checkpoint.stem + EXPORT_FORMATS[format])
+    check_not_checkpoint(output)
     if output.exists() and not replace:
         raise FileExistsError(f"{output} exists: name it with --output (replace=True) to replace it, or choose another file")
+    model, config = load_model(checkpoint, "cpu")
     return export_model(model, output, format, height=config.height, width=config.width, atol=atol)
+
+# %% ../nbs/10a_export.ipynb #197da800
+class ImageFeatureExtractor:
+    """Person images -> re-ID features, from a training checkpoint (e.g. RUN/checkpoint.pt) or an exported file
+    (*.torchscript.pt, *.onnx). Call it with an image file, a PIL image, an (H, W, 3) uint8 array, or a list of them:
+    it resizes each to the model's input size, batches `batch_size` at a time on `device` (checkpoints; exports run
+    on the CPU) and returns features (N, D), float32, on the CPU. `metadata`: `export_metadata` of the model."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
+        path = Path(path)
+        if suffix_format(path) is None:                                      # a training checkpoint
+            model, config = load_model(path, device)
+            self.metadata, module = export_metadata(model, config.height, config.width), ImagesToFeatures(model).eval()
+            self._run = lambda images: module(images.to(module.mean.device)).float().cpu()
+        else:
+            self.metadata, self._run = read_export_metadata(path), load_exported(path)
+        size = self.metadata["input"]["height"], self.metadata["input"]["width"]
+        steps = build_transforms(*size, train=False).transforms                 # evaluation's resize, to tensor, …
+        self.transform = T.Compose([s for s in steps if not isinstance(s, T.Normalize)])   # … normalized in the model
+        self.batch_size = batch_size
+
+    def _image(self, image) -> Image.Image:
+        "An RGB PIL image of a file path, a PIL image or an (H, W, 3) uint8 array."
+        if isinstance(image, (str, Path)):
+            return read_image(image)
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected an image file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+        return image.convert("RGB")
+
+    def __call__(self, images) -> torch.Tensor:
+        "Features (N, D) of `images` (one image or a list of them), in order."
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([self.transform(self._image(x)) for x in images[start:start + self.batch_size]])
+                rows.append(self._run(batch))                                 # (b, D)
+        return torch.cat(rows) if rows else torch.empty(0, self.metadata["output"]["shape"][1])
