@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['JUNK', 'IMAGE_EXTENSIONS', 'PUBLISHED_COUNTS', 'SPLITS', 'MARKET_FOLDERS', 'EPOCH_MODES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BAD_IMAGE_POLICIES', 'Record', 'ReIDDataset', 'check_root', 'require', 'image_files', 'check_files_exist', 'read_named_split', 'read_market_layout', 'Market1501', 'DukeMTMCreID', 'SyntheticMarket', 'max_batches', 'RandomIdentitySampler', 'build_transforms', 'read_image', 'ReIDImages', 'Loaders', 'build_dataloaders', 'CUHK03_MAT_FIELDS', 'MSMT17_FOLDERS', 'DATASETS', 'read_cuhk03_mat', 'CUHK03', 'read_msmt17_list', 'MSMT17', 'CustomDataset', 'build_dataset']
+__all__ = ['JUNK', 'IMAGE_EXTENSIONS', 'PUBLISHED_COUNTS', 'SPLITS', 'MARKET_FOLDERS', 'EPOCH_MODES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BAD_IMAGE_POLICIES', 'Record', 'ReIDDataset', 'check_root', 'require', 'image_files', 'check_files_exist', 'read_named_split', 'read_market_layout', 'Market1501', 'DukeMTMCreID', 'SyntheticMarket', 'max_batches', 'RandomIdentitySampler', 'build_transforms', 'read_image', 'ReIDImages', 'Loaders', 'build_dataloaders', 'CUHK03_MAT_FIELDS', 'CUHK03_RAW', 'CUHK03_KINDS', 'CUHK03_PROTOCOLS', 'CUHK03_NAME', 'MSMT17_FOLDERS', 'DATASETS', 'read_cuhk03_mat', 'find_cuhk03_raw', 'cuhk03_image_name', 'extract_cuhk03', 'read_cuhk03_testsets', 'read_cuhk03_classic', 'CUHK03', 'read_msmt17_list', 'MSMT17', 'CustomDataset', 'CombinedDataset', 'combine_datasets', 'dataset_options', 'build_dataset', 'parse_dataset_options']
 
 # %% ../nbs/01_data.ipynb #1dc3380b
 JUNK = -1  # pid of junk images: ignored everywhere (distractors, pid 0, are ordinary gallery images)
@@ -451,8 +451,13 @@ def build_dataloaders(dataset: ReIDDataset, height: int = 384, width: int = 128,
 
 # %% ../nbs/01a_datasets.ipynb #3d37b726
 import csv
+import inspect
+import shutil
+from contextlib import contextmanager
 
+import numpy as np
 from scipy.io import loadmat
+from tqdm.auto import tqdm
 
 # %% ../nbs/01a_datasets.ipynb #33f1f610
 CUHK03_MAT_FIELDS = ("filelist", "labels", "train_idx", "query_idx", "gallery_idx")
@@ -506,29 +511,217 @@ def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
     return {split: _cuhk03_split(names, labels, config[f"{split}_idx"].ravel().astype(int).tolist(), split, mat_path, images)
             for split in SPLITS}
 
+# %% ../nbs/01a_datasets.ipynb #3c511ef0
+CUHK03_RAW = "cuhk-03.mat"            # the official download (cuhk03_release.zip), a MATLAB v7.3 = HDF5 file
+CUHK03_KINDS = ("labeled", "detected")
+CUHK03_PROTOCOLS = ("new", "classic")
+
+
+def find_cuhk03_raw(root: Path) -> Path | None:
+    "The official cuhk-03.mat in `root` or in root/cuhk03_release/ (where the download unzips it), or None."
+    return next((p for p in (root / CUHK03_RAW, root / "cuhk03_release" / CUHK03_RAW) if p.is_file()), None)
+
+
+def cuhk03_image_name(pair: int, person: int, column: int) -> str:
+    """The file name of image `column` (0-based: 0–4 seen by the pair's first camera, 5–9 by its second) of `person`
+    (1-based) of camera `pair` (1–5), as the 767/700 config files list it, e.g. 1_001_1_01.png."""
+    return f"{pair}_{person:03d}_{1 if column < 5 else 2}_{column + 1:02d}.png"
+
+# %% ../nbs/01a_datasets.ipynb #57fbf719
+def _import_h5py():
+    "The h5py module, or an ImportError that says how to install it."
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError("CUHK03: reading the official cuhk-03.mat (a MATLAB v7.3 file) needs h5py: "
+                          "pip install h5py") from err
+    return h5py
+
+
+@contextmanager
+def _open_cuhk03_raw(raw: Path):
+    "`raw` opened by h5py; a ValueError when it is no HDF5 file (an older MATLAB format, a damaged download)."
+    h5py = _import_h5py()
+    try:
+        mat = h5py.File(raw, "r")
+    except OSError as err:
+        raise ValueError(f"CUHK03: cannot read {raw} with h5py ({err}); expected the official cuhk-03.mat, "
+                         "a MATLAB v7.3 file") from None
+    with mat:
+        yield mat
+
+
+def _cuhk03_cells(mat, name: str, raw: Path) -> list:
+    "The references in the top-level cell array `name` of cuhk-03.mat; a ValueError when there is none."
+    if name not in mat or mat[name].dtype.kind != "O":
+        raise ValueError(f"CUHK03: {raw} has no cell array '{name}'; expected the official cuhk-03.mat, "
+                         "with the cell arrays labeled, detected and testsets")
+    return list(mat[name][()].ravel())
+
+
+def _cuhk03_array(mat, ref) -> np.ndarray:
+    "The MATLAB array that `ref` points to, its axes in MATLAB's order (HDF5 keeps them reversed)."
+    return mat[ref][()].T
+
+# %% ../nbs/01a_datasets.ipynb #6c9e6e66
+def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool) -> int:
+    "Write the images of cuhk-03.mat's cell array `kind` into `folder` as PNG files; return how many."
+    pairs = [_cuhk03_array(mat, ref) for ref in _cuhk03_cells(mat, kind, raw)]   # each (people, 10) references
+    count = 0
+    with tqdm(total=sum(len(people) for people in pairs), desc=f"CUHK03 {kind}", unit="person",
+              disable=not progress) as bar:
+        for pair, people in enumerate(pairs, start=1):
+            for person, row in enumerate(people, start=1):
+                for column, ref in enumerate(row):
+                    image = _cuhk03_array(mat, ref)
+                    if image.ndim != 3:   # an empty cell: MATLAB stores [] as a 2-element array
+                        continue
+                    if image.dtype != np.uint8 or image.shape[2] != 3:
+                        raise ValueError(f"CUHK03: {raw}: {kind} pair {pair} person {person} image {column + 1} is "
+                                         f"{image.dtype} of shape {image.shape}; expected uint8 (H, W, 3)")
+                    name = cuhk03_image_name(pair, person, column)
+                    Image.fromarray(np.ascontiguousarray(image)).save(folder / name)
+                    count += 1
+                bar.update()
+    return count
+
+# %% ../nbs/01a_datasets.ipynb #cfdc6a17
+@contextmanager
+def _exclusive(lock_path: Path):
+    "Hold an exclusive lock on the file `lock_path` while the block runs (no lock where fcntl is missing: Windows)."
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: bool = True) -> Path:
+    """The folder `images` holding the `kind` ('labeled' or 'detected') images of the official cuhk-03.mat `raw`
+    as PNG files, written on first use (atomically: into a temporary folder renamed when complete); `images`."""
+    raw, images = Path(raw), Path(images)
+    if kind not in CUHK03_KINDS:
+        raise ValueError(f"CUHK03: kind must be one of {', '.join(CUHK03_KINDS)}, got {kind!r}")
+    if images.is_dir():
+        return images
+    with _exclusive(images.with_name(f".{images.name}.lock")):
+        if images.is_dir():                    # another process extracted them while this one waited
+            return images
+        partial = images.with_name(f".{images.name}.partial")
+        with _open_cuhk03_raw(raw) as mat:
+            if partial.exists():               # left by an extraction that did not finish
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            print(f"CUHK03: extracting the {kind} images of {raw} into {images}/ (once)")
+            _write_cuhk03_images(mat, kind, raw, partial, progress)
+        partial.rename(images)
+    return images
+
+# %% ../nbs/01a_datasets.ipynb #e7bc3d2b
+CUHK03_NAME = re.compile(r"^(?P<pair>[1-9])_(?P<person>\d{3})_(?P<view>[12])_(?P<image>\d{2})\.png$")
+
+
+def read_cuhk03_testsets(raw: str | Path) -> list[set[tuple[int, int]]]:
+    "The classic test splits of the official cuhk-03.mat: each the set of (pair, person), 1-based, of its test people."
+    with _open_cuhk03_raw(Path(raw)) as mat:
+        splits = [_cuhk03_array(mat, ref) for ref in _cuhk03_cells(mat, "testsets", Path(raw))]
+    return [{(int(pair), int(person)) for pair, person in split.reshape(-1, 2)} for split in splits]
+
+
+def read_cuhk03_classic(images: Path, test: set[tuple[int, int]]) -> dict[str, list[Record]]:
+    """{split: records} of a classic split from the images in `images` (named pair_person_view_image.png): the people
+    in `test` ((pair, person) pairs) are both query and gallery, every other person trains. pid = 1000·pair + person."""
+    train, test_records = [], []
+    for path in image_files(images):
+        match = CUHK03_NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"CUHK03: cannot parse the file name {path}: expected C_PPP_V_NN.png (pair, person, "
+                             "view 1 or 2, image; e.g. 1_001_1_01.png)")
+        pair, person = int(match["pair"]), int(match["person"])
+        record = Record(str(path), 1000 * pair + person, int(match["view"]) - 1)
+        (test_records if (pair, person) in test else train).append(record)
+    return {"train": train, "query": test_records, "gallery": list(test_records)}
+
+# %% ../nbs/01a_datasets.ipynb #d1e78d1f
+def _cuhk03_kind(kind: str | None, labeled: bool, protocol: str, split: int | None) -> tuple[str, int | None]:
+    "The kind ('labeled' or 'detected') and the split asked for; a ValueError for an option out of range."
+    if kind is None:
+        kind = "labeled" if labeled else "detected"
+    elif kind not in CUHK03_KINDS:
+        raise ValueError(f"CUHK03: kind must be one of {', '.join(CUHK03_KINDS)}, got {kind!r}")
+    elif kind == "labeled" and not labeled:
+        raise ValueError("CUHK03: labeled=False contradicts kind='labeled'; give only kind")
+    if protocol not in CUHK03_PROTOCOLS:
+        raise ValueError(f"CUHK03: protocol must be 'new' (767/700) or 'classic' (20 splits), got {protocol!r}")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int)):
+        raise ValueError(f"CUHK03: split must be an integer 0..19, got {split!r}")
+    if protocol == "new" and split not in (None, 0):
+        raise ValueError(f"CUHK03: split={split} needs protocol='classic' (its 20 splits); the 767/700 protocol has one")
+    return kind, (split or 0) if protocol == "classic" else None
+
+# %% ../nbs/01a_datasets.ipynb #70204dcf
+def _cuhk03_new_protocol(root: Path, kind: str, raw: Path | None, progress: bool) -> dict[str, list[Record]]:
+    "{split: records} of the 767/700 protocol at `root`: config file and images (extracted from `raw`), or CUHK03-NP."
+    mat_path, images = root / f"cuhk03_new_protocol_config_{kind}.mat", root / f"images_{kind}"
+    if mat_path.is_file():
+        if raw is not None:
+            extract_cuhk03(raw, kind, images, progress)
+        require(root, "CUHK03", [f"images_{kind}/"], f"the images of {mat_path.name} in {images}/, or cuhk-03.mat "
+                f"(the official download) in {root} to extract them from")
+        return read_cuhk03_mat(mat_path, images)
+    if (root / kind).is_dir():
+        return read_market_layout(root / kind, "CUHK03", CUHK03.np_regex, CUHK03.np_pattern)
+    if raw is not None:
+        raise FileNotFoundError(
+            f"CUHK03: the 767/700 protocol needs {mat_path.name}, which the official download does not contain: put "
+            f"it in {root} (from github.com/zhunzhong07/person-re-ranking, evaluation/data/CUHK03/), or use "
+            f"protocol='classic' for the 20 splits of {raw.name}")
+    raise FileNotFoundError(
+        f"CUHK03: {root} is not in the expected layout, it lacks both {mat_path.name} and {kind}/. Expected either "
+        f"{mat_path.name} with images_{kind}/ or cuhk-03.mat (the 767/700 protocol files), or CUHK03-NP's "
+        f"{kind}/{{bounding_box_train,query,bounding_box_test}}/, or the official cuhk-03.mat for protocol='classic'")
+
+
+def _cuhk03_classic(root: Path, kind: str, raw: Path | None, split: int, progress: bool) -> dict[str, list[Record]]:
+    "{split: records} of classic split `split` of the official cuhk-03.mat `raw`, images extracted into root."
+    if raw is None:
+        raise FileNotFoundError(f"CUHK03: protocol='classic' needs the official cuhk-03.mat (its testsets are the "
+                                f"20 splits) in {root} or {root}/cuhk03_release/")
+    testsets = read_cuhk03_testsets(raw)
+    if not 0 <= split < len(testsets):
+        raise ValueError(f"CUHK03: split must be 0..{len(testsets) - 1} (the classic splits of {raw}), got {split}")
+    images = extract_cuhk03(raw, kind, root / f"images_{kind}", progress)
+    return read_cuhk03_classic(images, testsets[split])
+
 # %% ../nbs/01a_datasets.ipynb #b6483fa3
 class CUHK03(ReIDDataset):
-    """CUHK03, 767/700 protocol, `labeled` or detected boxes, at `root`: either the official
-    cuhk03_new_protocol_config_{labeled,detected}.mat with images_{labeled,detected}/, or CUHK03-NP's
-    {labeled,detected}/{bounding_box_train,query,bounding_box_test}/. camid: the camera view (1 -> 0, 2 -> 1)."""
+    """CUHK03 at `root`, `kind` 'labeled' or 'detected' boxes (or `labeled` True/False), under `protocol` 'new'
+    (767/700: cuhk03_new_protocol_config_{kind}.mat with images_{kind}/ or the official cuhk-03.mat, or CUHK03-NP's
+    {kind}/{bounding_box_train,query,bounding_box_test}/) or 'classic' (classic `split` 0..19 of the official
+    cuhk-03.mat). Images are extracted from cuhk-03.mat into images_{kind}/ on first use (`progress`: a bar).
+    camid: the camera view (1 -> 0, 2 -> 1)."""
     np_regex = re.compile(r"^(?P<pid>-1|\d+)_c(?P<cam>[12])_\d+\.(?:png|jpe?g)$", re.IGNORECASE)
     np_pattern = "PPPP_cV_N.png (person, view 1 or 2, image; e.g. 0001_c1_1.png)"
 
-    def __init__(self, root: str | Path, labeled: bool = True, check_counts: bool | None = None):
-        kind = "labeled" if labeled else "detected"
+    def __init__(self, root: str | Path, labeled: bool = True, check_counts: bool | None = None, *,
+                 kind: str | None = None, protocol: str = "new", split: int | None = None, progress: bool = True):
+        kind, split = _cuhk03_kind(kind, labeled, protocol, split)
         root = check_root(root, "CUHK03")
-        mat_path = root / f"cuhk03_new_protocol_config_{kind}.mat"
-        if mat_path.is_file():
-            require(root, "CUHK03", [f"images_{kind}/"], f"the images of {mat_path.name} in {root}/images_{kind}/")
-            splits = read_cuhk03_mat(mat_path, root / f"images_{kind}")
-        elif (root / kind).is_dir():
-            splits = read_market_layout(root / kind, "CUHK03", self.np_regex, self.np_pattern)
+        raw = find_cuhk03_raw(root)
+        self.kind, self.protocol, self.split = kind, protocol, split
+        if protocol == "new":
+            splits = _cuhk03_new_protocol(root, kind, raw, progress)
+            name, published = f"CUHK03 ({kind})", f"cuhk03-{kind}"
         else:
-            raise FileNotFoundError(
-                f"CUHK03: {root} is not in the expected layout, it lacks both {mat_path.name} and {kind}/. Expected "
-                f"either {mat_path.name} with images_{kind}/ (the 767/700 protocol files), or CUHK03-NP's "
-                f"{kind}/{{bounding_box_train,query,bounding_box_test}}/")
-        super().__init__(**splits, name=f"CUHK03 ({kind})", root=root, published=f"cuhk03-{kind}", check_counts=check_counts)
+            splits = _cuhk03_classic(root, kind, raw, split, progress)
+            name, published = f"CUHK03 ({kind}, classic split {split})", None
+        super().__init__(**splits, name=name, root=root, published=published, check_counts=check_counts)
 
 # %% ../nbs/01a_datasets.ipynb #8394b6de
 MSMT17_FOLDERS = (("train", "test"), ("mask_train_v2", "mask_test_v2"))  # V1, V2: (train and val images, query and gallery images)
@@ -661,14 +854,92 @@ class CustomDataset(ReIDDataset):
         "Records of a CSV file with rows path,pid,camid (optional header row)."
         return _read_records_csv(csv_path, root)
 
+# %% ../nbs/01a_datasets.ipynb #5199cdca
+class CombinedDataset(ReIDDataset):
+    """The train sets of `datasets` as one: each set's labels follow those of the sets before it, and so do its camera
+    ids. Query and gallery: those of `datasets[test]` (camera ids shifted like its train images). `label_offsets[i]`
+    and `camera_offsets[i]`: the shift of set i; `train_origin[label]`: (index of the set, its original pid)."""
+
+    def __init__(self, datasets: Sequence[ReIDDataset], test: int = 0, name: str | None = None):
+        datasets = list(datasets)
+        if not datasets:
+            raise ValueError("combine_datasets: no dataset to combine")
+        if isinstance(test, bool) or not isinstance(test, int) or not 0 <= test < len(datasets):
+            raise ValueError(f"combine_datasets: test must index one of the {len(datasets)} datasets, got {test!r}")
+        train, self.label_offsets, self.camera_offsets, self.train_origin = [], [], [], []
+        labels = cameras = 0
+        for i, data in enumerate(datasets):
+            self.label_offsets.append(labels); self.camera_offsets.append(cameras)
+            train += [r._replace(pid=r.pid + labels, camid=r.camid + cameras) for r in data.train]
+            self.train_origin += [(i, pid) for pid in data.train_pids]
+            labels += data.num_train_ids
+            cameras += 1 + max(r.camid for split in (data.train, data.query, data.gallery) for r in split)
+        shift = self.camera_offsets[test]
+        query, gallery = ([r._replace(camid=r.camid + shift) for r in records]
+                          for records in (datasets[test].query, datasets[test].gallery))
+        self.datasets, self.test = datasets, test
+        with warnings.catch_warnings():   # the test set warned about its lonely queries when it was read
+            warnings.filterwarnings("ignore", message=".*query images have no gallery image")
+            super().__init__(train, query, gallery, name=name or " + ".join(d.name for d in datasets))
+
+
+def combine_datasets(datasets: Sequence[ReIDDataset], test: int = 0, name: str | None = None) -> CombinedDataset:
+    "One training set made of `datasets` (see `CombinedDataset`), tested on the query and gallery of `datasets[test]`."
+    return CombinedDataset(datasets, test=test, name=name)
+
 # %% ../nbs/01a_datasets.ipynb #7dc339bc
 DATASETS = {"market1501": Market1501, "dukemtmcreid": DukeMTMCreID, "cuhk03": CUHK03, "msmt17": MSMT17,
             "synthetic": SyntheticMarket, "custom": CustomDataset}
 
 
-def build_dataset(name: str, root: str | Path, **options) -> ReIDDataset:
-    "The reader `DATASETS[name]` applied to `root` with `options` (e.g. labeled=False for CUHK03, with_val=True for MSMT17)."
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
-    return DATASETS[key](root, **options)
+def _dataset_keys(name: str | Sequence[str]) -> list[str]:
+    "The keys of `DATASETS` named by `name`: one name, names joined by '+', or a list of those."
+    names = [part for item in ([name] if isinstance(name, str) else name) for part in str(item).split("+")]
+    keys = [n.strip().lower().replace("-", "").replace("_", "") for n in names]
+    for n, key in zip(names, keys):
+        if key not in DATASETS:
+            raise ValueError(f"unknown dataset {n.strip()!r}: expected one of {', '.join(DATASETS)}")
+    if not keys:
+        raise ValueError(f"no dataset named: expected one of {', '.join(DATASETS)}")
+    return keys
+
+
+def dataset_options(name: str) -> dict[str, object]:
+    "The options of the reader of dataset `name` with their defaults, e.g. {'check_counts': None} for market1501."
+    reader = DATASETS[_dataset_keys(name)[0]]
+    return {p.name: p.default for p in inspect.signature(reader).parameters.values() if p.name != "root"}
+
+# %% ../nbs/01a_datasets.ipynb #5200d3fa
+def build_dataset(name: str | Sequence[str], root: str | Path | Sequence[str | Path], **options) -> ReIDDataset:
+    """The dataset `name` (a key of `DATASETS`) read at `root` by its reader with `options` (e.g. kind='detected',
+    protocol='classic', split=3 for cuhk03; with_val=True for msmt17). Several names ('market1501+dukemtmcreid' or
+    a list) with as many roots: `combine_datasets` of them, each taking the options its reader has."""
+    keys = _dataset_keys(name)
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    if len(roots) != len(keys):
+        raise ValueError(f"build_dataset: {len(keys)} dataset(s) ({'+'.join(keys)}) but {len(roots)} root(s); "
+                         "give one root per dataset, in the same order")
+    taken = [set(dataset_options(key)) for key in keys]
+    for option in options:
+        if not any(option in names for names in taken):
+            which = keys[0] if len(keys) == 1 else f"none of {'+'.join(keys)}"
+            raise ValueError(f"build_dataset: {which} takes no option {option!r}; options: "
+                             f"{', '.join(sorted(set().union(*taken))) or 'none'}")
+    datasets = [DATASETS[key](r, **{k: v for k, v in options.items() if k in names})
+                for key, r, names in zip(keys, roots, taken)]
+    return datasets[0] if len(datasets) == 1 else combine_datasets(datasets)
+
+# %% ../nbs/01a_datasets.ipynb #d0cb2196
+def parse_dataset_options(pairs: Sequence[str]) -> dict[str, object]:
+    """`build_dataset` options from 'KEY=VALUE' strings: true/false become booleans, none None, integers int, the rest
+    stays text, e.g. ['kind=detected', 'split=3'] -> {'kind': 'detected', 'split': 3}."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"dataset option {pair!r}: expected KEY=VALUE, e.g. kind=detected")
+        value = value.strip()
+        words = {"true": True, "false": False, "none": None}
+        options[key.strip()] = (words[value.lower()] if value.lower() in words
+                                else int(value) if re.fullmatch(r"-?\d+", value) else value)
+    return options
