@@ -511,7 +511,7 @@ def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
     return {split: _cuhk03_split(names, labels, config[f"{split}_idx"].ravel().astype(int).tolist(), split, mat_path, images)
             for split in SPLITS}
 
-# %% ../nbs/01a_datasets.ipynb #3c511ef0
+# %% ../nbs/01a_datasets.ipynb #c1da4cd1
 CUHK03_RAW = "cuhk-03.mat"            # the official download (cuhk03_release.zip), a MATLAB v7.3 = HDF5 file
 CUHK03_KINDS = ("labeled", "detected")
 CUHK03_PROTOCOLS = ("new", "classic")
@@ -527,7 +527,7 @@ def cuhk03_image_name(pair: int, person: int, column: int) -> str:
     (1-based) of camera `pair` (1–5), as the 767/700 config files list it, e.g. 1_001_1_01.png."""
     return f"{pair}_{person:03d}_{1 if column < 5 else 2}_{column + 1:02d}.png"
 
-# %% ../nbs/01a_datasets.ipynb #57fbf719
+# %% ../nbs/01a_datasets.ipynb #c108761c
 def _import_h5py():
     "The h5py module, or an ImportError that says how to install it."
     try:
@@ -563,7 +563,7 @@ def _cuhk03_array(mat, ref) -> np.ndarray:
     "The MATLAB array that `ref` points to, its axes in MATLAB's order (HDF5 keeps them reversed)."
     return mat[ref][()].T
 
-# %% ../nbs/01a_datasets.ipynb #6c9e6e66
+# %% ../nbs/01a_datasets.ipynb #2ff325f5
 def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool) -> int:
     "Write the images of cuhk-03.mat's cell array `kind` into `folder` as PNG files; return how many."
     pairs = [_cuhk03_array(mat, ref) for ref in _cuhk03_cells(mat, kind, raw)]   # each (people, 10) references
@@ -585,7 +585,7 @@ def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool
                 bar.update()
     return count
 
-# %% ../nbs/01a_datasets.ipynb #cfdc6a17
+# %% ../nbs/01a_datasets.ipynb #f2ff15a3
 @contextmanager
 def _exclusive(lock_path: Path):
     "Hold an exclusive lock on the file `lock_path` while the block runs (no lock where fcntl is missing: Windows)."
@@ -623,7 +623,7 @@ def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: boo
         partial.rename(images)
     return images
 
-# %% ../nbs/01a_datasets.ipynb #e7bc3d2b
+# %% ../nbs/01a_datasets.ipynb #b5d5c481
 CUHK03_NAME = re.compile(r"^(?P<pair>[1-9])_(?P<person>\d{3})_(?P<view>[12])_(?P<image>\d{2})\.png$")
 
 
@@ -648,7 +648,7 @@ def read_cuhk03_classic(images: Path, test: set[tuple[int, int]]) -> dict[str, l
         (test_records if (pair, person) in test else train).append(record)
     return {"train": train, "query": test_records, "gallery": list(test_records)}
 
-# %% ../nbs/01a_datasets.ipynb #d1e78d1f
+# %% ../nbs/01a_datasets.ipynb #310345f6
 def _cuhk03_kind(kind: str | None, labeled: bool, protocol: str, split: int | None) -> tuple[str, int | None]:
     "The kind ('labeled' or 'detected') and the split asked for; a ValueError for an option out of range."
     if kind is None:
@@ -665,7 +665,7 @@ def _cuhk03_kind(kind: str | None, labeled: bool, protocol: str, split: int | No
         raise ValueError(f"CUHK03: split={split} needs protocol='classic' (its 20 splits); the 767/700 protocol has one")
     return kind, (split or 0) if protocol == "classic" else None
 
-# %% ../nbs/01a_datasets.ipynb #70204dcf
+# %% ../nbs/01a_datasets.ipynb #ac6921d3
 def _cuhk03_new_protocol(root: Path, kind: str, raw: Path | None, progress: bool) -> dict[str, list[Record]]:
     "{split: records} of the 767/700 protocol at `root`: config file and images (extracted from `raw`), or CUHK03-NP."
     mat_path, images = root / f"cuhk03_new_protocol_config_{kind}.mat", root / f"images_{kind}"
@@ -854,7 +854,7 @@ class CustomDataset(ReIDDataset):
         "Records of a CSV file with rows path,pid,camid (optional header row)."
         return _read_records_csv(csv_path, root)
 
-# %% ../nbs/01a_datasets.ipynb #5199cdca
+# %% ../nbs/01a_datasets.ipynb #1d835bc6
 class CombinedDataset(ReIDDataset):
     """The train sets of `datasets` as one: each set's labels follow those of the sets before it, and so do its camera
     ids. Query and gallery: those of `datasets[test]` (camera ids shifted like its train images). `label_offsets[i]`
@@ -909,7 +909,7 @@ def dataset_options(name: str) -> dict[str, object]:
     reader = DATASETS[_dataset_keys(name)[0]]
     return {p.name: p.default for p in inspect.signature(reader).parameters.values() if p.name != "root"}
 
-# %% ../nbs/01a_datasets.ipynb #5200d3fa
+# %% ../nbs/01a_datasets.ipynb #9a2ffa42
 def build_dataset(name: str | Sequence[str], root: str | Path | Sequence[str | Path], **options) -> ReIDDataset:
     """The dataset `name` (a key of `DATASETS`) read at `root` by its reader with `options` (e.g. kind='detected',
     protocol='classic', split=3 for cuhk03; with_val=True for msmt17). Several names ('market1501+dukemtmcreid' or
@@ -922,14 +922,14 @@ def build_dataset(name: str | Sequence[str], root: str | Path | Sequence[str | P
     taken = [set(dataset_options(key)) for key in keys]
     for option in options:
         if not any(option in names for names in taken):
-            which = keys[0] if len(keys) == 1 else f"none of {'+'.join(keys)}"
-            raise ValueError(f"build_dataset: {which} takes no option {option!r}; options: "
+            which = f"{keys[0]} takes no option" if len(keys) == 1 else f"no dataset of {'+'.join(keys)} takes the option"
+            raise ValueError(f"build_dataset: {which} {option!r}; options: "
                              f"{', '.join(sorted(set().union(*taken))) or 'none'}")
     datasets = [DATASETS[key](r, **{k: v for k, v in options.items() if k in names})
                 for key, r, names in zip(keys, roots, taken)]
     return datasets[0] if len(datasets) == 1 else combine_datasets(datasets)
 
-# %% ../nbs/01a_datasets.ipynb #d0cb2196
+# %% ../nbs/01a_datasets.ipynb #4191f523
 def parse_dataset_options(pairs: Sequence[str]) -> dict[str, object]:
     """`build_dataset` options from 'KEY=VALUE' strings: true/false become booleans, none None, integers int, the rest
     stays text, e.g. ['kind=detected', 'split=3'] -> {'kind': 'detected', 'split': 3}."""
