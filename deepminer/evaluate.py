@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .model import model_device
 from .ranking import MatchRanker, _distance_matrix, _labels
-from .rerank import re_ranking
+from .rerank import re_ranking_features
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'METRICS', 'JUNK_PID', 'DISTRACTOR_PID', 'Features', 'normalize_features', 'extract_features',
@@ -246,21 +246,26 @@ class Evaluation(NamedTuple):
 def evaluate_distances(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, flip: bool = False,
                        normalize: str = "none", metric: str = "euclidean", rerank: bool = False, k1: int = 20,
                        k2: int = 6, lambda_value: float = 0.3, max_rank: int = 50, device: torch.device | str | None = None,
-                       progress: bool = True, branches: Sequence[str] | None = None) -> Evaluation:
+                       progress: bool = True, branches: Sequence[str] | None = None,
+                       max_memory_gb: float = 4.0) -> Evaluation:
     """Evaluate `model` on `query_loader` against `gallery_loader` (batches (images, pids, camids, ...)): features
     (`flip`, `normalize`: see `extract_features`), `metric` distances, k-reciprocal re-ranking if `rerank` (`k1`,
-    `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's).
-    `branches`: score the descriptor of these branches only (`select_branches`). Writes nothing."""
+    `k2`, `lambda_value`), then `evaluate_rank`. Distances are computed on `device` (default: the model's), except
+    with `rerank`: `re_ranking_features` then computes them on the CPU from the features, building no distance
+    matrix but the (Q, G) result and keeping its working memory within `max_memory_gb` GiB (a `MemoryError`
+    before any work if it cannot). `branches`: score the descriptor of these branches only (`select_branches`).
+    Writes nothing."""
     device = torch.device(device) if device is not None else model_device(model)
     query, gallery = (extract_features(model, loader, flip, normalize if branches is None else "none", device, progress,
                                        desc=f"{name} features") for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
-    qf, gf = query.features.to(device), gallery.features.to(device)
+    qf, gf = query.features, gallery.features                 # (Q, D), (G, D) on the CPU
     if branches is not None:   # the chosen branches' columns, then normalized as asked
         columns, dims = branch_columns(model), [model.feature_dims[b] for b in model.feature_dims if b in branches]
         qf, gf = (normalize_features(select_branches(f, columns, branches), normalize, dims) for f in (qf, gf))
-    distmat = compute_distance(qf, gf, metric).cpu()
-    if rerank:
-        distmat = re_ranking(distmat, compute_distance(qf, qf, metric), compute_distance(gf, gf, metric), k1, k2, lambda_value)
+    if rerank:   # from the features: no (Q, Q) or (G, G) matrix, whatever the gallery size
+        distmat = re_ranking_features(qf, gf, metric, k1, k2, lambda_value, max_memory_gb)
+    else:
+        distmat = compute_distance(qf.to(device), gf.to(device), metric).cpu()
     return Evaluation(distmat, query, gallery, evaluate_rank(distmat, query.pids, gallery.pids, query.camids,
                                                              gallery.camids, max_rank))
 

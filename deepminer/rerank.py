@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['re_ranking_memory', 're_ranking_block', 're_ranking']
+__all__ = ['re_ranking_memory', 're_ranking_block', 're_ranking', 're_ranking_features']
 
 # %% ../nbs/07b_rerank.ipynb #2a117465
 def _stable_topk(rows: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,6 +46,7 @@ _ROW_BYTES = 48    # working memory per element of a block of rows (normalized r
 _ENTRY_BYTES = 48  # per non-zero of V: columns, values, row ids, the expanded copy and the inverted index
 _PAIR_BYTES = 64   # per (query, gallery, column) triple of the Jaccard sum
 _NEIGHBOUR_BYTES = 64  # per (candidate, neighbour of the candidate) of a row in the expansion test
+_FEATURE_BYTES = 4     # per float32 value of re_ranking_features' own: norms, column maxima, copies of block rows
 
 
 def _rerank_sizes(num_query: int, num_gallery: int, k1: int, k2: int) -> tuple[int, int, int, int]:
@@ -54,24 +55,35 @@ def _rerank_sizes(num_query: int, num_gallery: int, k1: int, k2: int) -> tuple[i
     return n, min(k1 + 1, n), min(int(round(k1 / 2)) + 1, n), min(k2, n)
 
 
-def re_ranking_memory(num_query: int, num_gallery: int, k1: int = 20, k2: int = 6, rows: int = 1) -> int:
+def re_ranking_memory(num_query: int, num_gallery: int, k1: int = 20, k2: int = 6, rows: int = 1, dim: int = 0) -> int:
     """Upper bound (bytes) on what `re_ranking` allocates for `num_query` × `num_gallery` images when it works on
     blocks of `rows` rows: neighbour lists, the sparse encoding V (at most (k1+1)(round(k1/2)+2) non-zeros per row,
-    k2 times that after query expansion), the result, and one block. The input matrices are not counted."""
+    k2 times that after query expansion), the result, and one block. The input matrices are not counted. `dim` > 0:
+    the bound for `re_ranking_features` with `dim`-sized features, which adds two floats per image (its norm and
+    column maximum) and per row of a block three copies of a feature vector (the block's rows, their unit-norm copy
+    and as many columns); it allocates no distance matrix but the result and a block, and the input features are
+    not counted."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        raise ValueError(f"dim must be a non-negative integer (the feature size, 0 for distance matrices), got {dim!r}")
     n, kk1, kkh, kk2 = _rerank_sizes(num_query, num_gallery, k1, k2)
     per_row = min(n, kk1 * (kkh + 1)) if k2 == 1 else min(n, kk2 * kk1 * (kkh + 1))
     fixed = n * max(kk1, kk2) * 8 + n * (kk1 + kkh) + n * per_row * _ENTRY_BYTES + num_query * num_gallery * 4
-    return fixed + rows * (n * _ROW_BYTES + kk1 * kkh * _NEIGHBOUR_BYTES)
+    row = n * _ROW_BYTES + kk1 * kkh * _NEIGHBOUR_BYTES        # per row of a block
+    if dim:
+        fixed, row = fixed + n * 2 * _FEATURE_BYTES, row + 3 * dim * _FEATURE_BYTES
+    return fixed + rows * row
 
-
-def re_ranking_block(num_query: int, num_gallery: int, k1: int = 20, k2: int = 6, max_memory_gb: float = 4.0) -> int:
-    """Rows per block that `re_ranking` uses so that `re_ranking_memory` stays within `max_memory_gb` GiB (at most
-    all N rows); a `MemoryError` saying how much is needed when not even one row fits."""
-    fixed = re_ranking_memory(num_query, num_gallery, k1, k2, rows=0)
-    per_row = re_ranking_memory(num_query, num_gallery, k1, k2, rows=1) - fixed
+# %% ../nbs/07b_rerank.ipynb #445e0e71
+def re_ranking_block(num_query: int, num_gallery: int, k1: int = 20, k2: int = 6, max_memory_gb: float = 4.0,
+                     dim: int = 0) -> int:
+    """Rows per block that `re_ranking` (`dim` > 0: `re_ranking_features` with `dim`-sized features) uses so that
+    `re_ranking_memory` stays within `max_memory_gb` GiB (at most all N rows); a `MemoryError` saying how much is
+    needed when not even one row fits."""
+    fixed = re_ranking_memory(num_query, num_gallery, k1, k2, rows=0, dim=dim)
+    per_row = re_ranking_memory(num_query, num_gallery, k1, k2, rows=1, dim=dim) - fixed
     spare = int(max_memory_gb * 2**30) - fixed
     if spare < per_row:
-        need = re_ranking_memory(num_query, num_gallery, k1, k2, rows=1)
+        need = re_ranking_memory(num_query, num_gallery, k1, k2, rows=1, dim=dim)
         raise MemoryError(f"re_ranking of {num_query} queries and {num_gallery} gallery images (k1={k1}, k2={k2}) "
                           f"needs up to {need / 2**30:.3g} GiB besides its inputs, more than max_memory_gb="
                           f"{max_memory_gb}; raise max_memory_gb or evaluate fewer images")
@@ -94,14 +106,24 @@ def _square(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
         x = x.clamp_min(0)
     return x
 
+
+def _check_column_max(column_max: torch.Tensor, start: int = 0) -> None:
+    "A ValueError naming the first image (index `start` + i) whose largest distance `column_max[i]` is not > 0."
+    bad = ~(column_max > 0)                                        # NaN counts as bad
+    if bad.any():
+        i = start + int(bad.nonzero()[0])
+        raise ValueError(f"image {i} (queries first, then gallery) is at distance 0 from every image; the distances "
+                         "are normalized by each image's largest one, which must be > 0")
+
 # %% ../nbs/07b_rerank.ipynb #3784810a
 class _Distances:
     """The N × N original distance matrix D = [[q_q, q_g], [q_g^T, g_g]] after the reference's normalization: entry
     (i, j) is D[j, i] / max_k D[k, i] (the reference divides columns by their maxima, then transposes)."""
 
     def __init__(self, q_g: torch.Tensor, q_q: torch.Tensor, g_g: torch.Tensor):
-        self.q_g, self.q_q, self.g_g, self.Q = q_g, q_q, g_g, len(q_q)
+        self.q_g, self.q_q, self.g_g, self.Q, self.G = q_g, q_q, g_g, len(q_q), len(g_g)
         self.column_max = torch.cat([torch.maximum(q_q.amax(0), q_g.amax(1)), torch.maximum(q_g.amax(0), g_g.amax(0))])
+        _check_column_max(self.column_max)
 
     def rows(self, a: int, b: int) -> torch.Tensor:
         """Rows a … b-1 (b-a, N): columns a … b-1 of D, transposed, over their maxima. (NumPy assembles the
@@ -137,12 +159,17 @@ def _rerank_inputs(q_g, q_q, g_g, k1: int, k2: int,
         raise ValueError(f"q_g must be a non-empty (num_query, num_gallery) matrix, got shape {tuple(q_g.shape)}")
     Q, G = q_g.shape
     q_g, q_q, g_g = _square(q_g, "q_g", (Q, G)), _square(q_q, "q_q", (Q, Q)), _square(g_g, "g_g", (G, G))
+    _check_parameters(k1, k2, lambda_value)
+    return q_g, q_q, g_g
+
+
+def _check_parameters(k1: int, k2: int, lambda_value: float) -> None:
+    "A ValueError naming `k1`, `k2` or `lambda_value` if it is out of range."
     for name, value in (("k1", k1), ("k2", k2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= lambda_value <= 1:
         raise ValueError(f"lambda_value must lie in [0, 1] (weight of the original distance), got {lambda_value!r}")
-    return q_g, q_q, g_g
 
 # %% ../nbs/07b_rerank.ipynb #a0fa647f
 def _reciprocal(nn: torch.Tensor, k: int, blocks: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,12 +224,13 @@ def _expand_queries(crow: torch.Tensor, columns: torch.Tensor, values: torch.Ten
     return _row_pointers(counts), torch.cat(new_columns), torch.cat(new_values)
 
 # %% ../nbs/07b_rerank.ipynb #45bf7aa2
-def _jaccard_mix(crow: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, original: _Distances,
-                 lambda_value: float, block: int, max_pairs: int) -> torch.Tensor:
+def _jaccard_mix(crow: torch.Tensor, columns: torch.Tensor, values: torch.Tensor,
+                 original: _Distances | _FeatureDistances, lambda_value: float, block: int,
+                 max_pairs: int) -> torch.Tensor:
     """Steps 6–7: the final distances (Q, G): the Jaccard distance between the rows of V (CSR: row pointers, columns,
     values; queries first) of each query and gallery image, mixed with the original distance by `lambda_value`.
     Works on blocks of at most `block` queries and about `max_pairs` (query, gallery, column) triples."""
-    Q, G, N = original.Q, original.q_g.shape[1], len(crow) - 1
+    Q, G, N = original.Q, original.G, len(crow) - 1
     owner = torch.repeat_interleave(torch.arange(N), crow[1:] - crow[:-1])   # (nnz,) the row of each non-zero
     in_gallery = owner >= Q                                   # 6. inverted index: per column, the gallery rows
     g_cols = columns[in_gallery]
@@ -230,23 +258,12 @@ def _jaccard_mix(crow: torch.Tensor, columns: torch.Tensor, values: torch.Tensor
     return final
 
 # %% ../nbs/07b_rerank.ipynb #77d2d010
-def re_ranking(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-               max_memory_gb: float = 4.0) -> torch.Tensor:
-    """k-reciprocal re-ranking (Zhong et al. 2017) of the query-gallery distances `q_g` (Q, G), given the
-    query-query `q_q` (Q, Q) and gallery-gallery `g_g` (G, G) distances (used as given: pass squared Euclidean
-    distances). Returns the final distances (Q, G), float32, on the CPU. Works in blocks sized to keep its own
-    allocations under `max_memory_gb` (GiB; see `re_ranking_memory`, `re_ranking_block`), and stops at once if it
-    cannot. Inputs that are not float32 CPU tensors are copied to float32 first (not counted in `max_memory_gb`)."""
-    q_g, q_q, g_g = _rerank_inputs(q_g, q_q, g_g, k1, k2, lambda_value)
-    Q, G = q_g.shape
-    N, K1, Kh, K2 = _rerank_sizes(Q, G, k1, k2)
-    block = re_ranking_block(Q, G, k1, k2, max_memory_gb)         # rows per block
+def _re_rank(original: _Distances | _FeatureDistances, k1: int, k2: int, lambda_value: float,
+             block: int) -> torch.Tensor:
+    """Steps 2–7 on the normalized distances `original`, `block` rows at a time: the final distances (Q, G). The
+    neighbour pass reads every row first (`_FeatureDistances` learns the column maxima there)."""
+    N, K1, Kh, K2 = _rerank_sizes(original.Q, original.G, k1, k2)
     max_pairs = max(1, block * N * _ROW_BYTES // _PAIR_BYTES)     # Jaccard triples per block: about the same memory
-    original = _Distances(q_g, q_q, g_g)                          # 1. the normalized N × N distances, served by blocks
-    if (original.column_max <= 0).any():
-        i = int((original.column_max <= 0).nonzero()[0])
-        raise ValueError(f"image {i} (queries first, then gallery) is at distance 0 from every image; the distances "
-                         "are normalized by each image's largest one, which must be > 0")
     blocks = [(a, min(a + block, N)) for a in range(0, N, block)]
     nn = torch.cat([_stable_topk(original.rows(a, b), max(K1, K2)) for a, b in blocks])   # (N, K) nearest, sorted
     (near1, recip1), (near_h, recip_h) = _reciprocal(nn, K1, blocks), _reciprocal(nn, Kh, blocks)   # 2.
@@ -254,3 +271,135 @@ def re_ranking(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0
     if k2 != 1:
         crow, columns, values = _expand_queries(crow, columns, values, nn, K2, blocks)      # 5.
     return _jaccard_mix(crow, columns, values, original, lambda_value, block, max_pairs)    # 6-7.
+
+
+def re_ranking(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+               max_memory_gb: float = 4.0) -> torch.Tensor:
+    """k-reciprocal re-ranking (Zhong et al. 2017) of the query-gallery distances `q_g` (Q, G), given the
+    query-query `q_q` (Q, Q) and gallery-gallery `g_g` (G, G) distances (used as given: pass squared Euclidean
+    distances). Returns the final distances (Q, G), float32, on the CPU. Works in blocks sized to keep its own
+    allocations under `max_memory_gb` (GiB; see `re_ranking_memory`, `re_ranking_block`), and stops at once if it
+    cannot. Inputs that are not float32 CPU tensors are copied to float32 first (not counted in `max_memory_gb`).
+    From features, `re_ranking_features` gives the same without the (G, G) matrix."""
+    q_g, q_q, g_g = _rerank_inputs(q_g, q_q, g_g, k1, k2, lambda_value)
+    Q, G = q_g.shape
+    block = re_ranking_block(Q, G, k1, k2, max_memory_gb)         # rows per block
+    original = _Distances(q_g, q_q, g_g)                          # 1. the normalized N × N distances, served by blocks
+    return _re_rank(original, k1, k2, lambda_value, block)
+
+# %% ../nbs/07b_rerank.ipynb #b448f40a
+_METRICS = ("euclidean", "cosine")  # as deepminer.evaluate.METRICS (deepminer.evaluate imports this module)
+
+
+def _feature_inputs(qf, gf, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`qf` (Q, D) and `gf` (G, D) as float32 CPU tensors (copied only if they are not), once their shapes, their
+    values and `metric` pass; errors name the input."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    parts = []
+    for name, x in (("qf", qf), ("gf", gf)):
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or 0 in x.shape:
+            raise ValueError(f"{name} must be a non-empty (num_images, dim) feature matrix, got shape {tuple(x.shape)}")
+        parts.append(x)
+    if parts[0].shape[1] != parts[1].shape[1]:
+        raise ValueError(f"qf and gf must have the same feature size, got {parts[0].shape[1]} and {parts[1].shape[1]}")
+    for k, name in enumerate(("qf", "gf")):
+        parts[k] = parts[k].detach().to("cpu", torch.float32)
+        low, high = torch.aminmax(parts[k])                       # NaN propagates: one pass checks everything
+        if not (low > -float("inf") and high < float("inf")):
+            raise ValueError(f"{name} holds NaN or infinite values; features must be finite")
+    return parts[0], parts[1]
+
+# %% ../nbs/07b_rerank.ipynb #8b42c026
+class _FeatureProducts:
+    """Distances between images computed from the features `qf` (Q, D) and `gf` (G, D) (queries first, N = Q + G)
+    without copying them, by `compute_distance`'s formulas for `metric`: blocks of rows by matrix products. Norms
+    and unit-norm copies for 'cosine' are made `block` rows at a time."""
+
+    def __init__(self, qf: torch.Tensor, gf: torch.Tensor, metric: str, block: int):
+        self.parts, self.metric, self.block, self.Q, self.G = (qf, gf), metric, block, len(qf), len(gf)
+        norm = (lambda x: x.norm(dim=1)) if metric == "cosine" else (lambda x: x.pow(2).sum(dim=1))
+        self.norms = torch.cat([norm(x[s : s + block]) for x in self.parts for s in range(0, len(x), block)])  # (N,)
+
+    def _unit(self, x: torch.Tensor, images: slice | torch.Tensor) -> torch.Tensor:
+        "The feature rows `x` of `images`: for 'cosine' a unit-norm copy (as F.normalize makes), else `x` itself."
+        return x / self.norms[images, None].clamp_min(1e-12) if self.metric == "cosine" else x
+
+    def _features(self, a: int, b: int) -> torch.Tensor:
+        "Features (b-a, D) of images a … b-1: a view, or a copy when the range holds queries and gallery images."
+        (qf, gf), Q = self.parts, self.Q
+        return qf[a:b] if b <= Q else gf[a - Q : b - Q] if a >= Q else torch.cat([qf[a:], gf[: b - Q]])
+
+    def _block(self, a: int, b: int, s: int) -> torch.Tensor:
+        """Distances (b-a, N-s) of images a … b-1 to images s … N-1, s = 0 or Q: one product per part, or per `block`
+        columns for 'cosine' (unit-norm copies of the columns)."""
+        x, out = self._unit(self._features(a, b), slice(a, b)), torch.empty(b - a, len(self.norms) - s)
+        for part, start in zip(self.parts, (0, self.Q)):
+            step = self.block if self.metric == "cosine" else len(part)
+            for t in range(0, len(part) if start >= s else 0, step):
+                y = part[t : t + step]
+                images, at = slice(start + t, start + t + len(y)), start + t - s
+                if self.metric == "cosine":                        # compute_distance's operations, in its order
+                    torch.mm(x, self._unit(y, images).T, out=out[:, at : at + len(y)])
+                else:
+                    torch.addmm(self.norms[None, images], x, y.T, alpha=-2.0, out=out[:, at : at + len(y)])
+        if self.metric == "cosine":
+            return out.neg_().add_(1.0).clamp_(0.0, 2.0)
+        return out.add_(self.norms[a:b, None]).clamp_min_(0.0)
+
+# %% ../nbs/07b_rerank.ipynb #2a747378
+class _FeatureDistances(_FeatureProducts):
+    """The normalized N × N distances of `_Distances` from the features (`_FeatureProducts`). D is symmetric, so the
+    maximum of column i is that of row i: `rows` records it, and must have served every row (the neighbour pass
+    does) before `at` or `query_gallery` is called. `at` gathers `chunk` pairs of feature vectors at a time."""
+
+    def __init__(self, qf: torch.Tensor, gf: torch.Tensor, metric: str, block: int, chunk: int):
+        super().__init__(qf, gf, metric, block)
+        self.chunk, self.column_max = chunk, torch.full((len(self.norms),), float("nan"))
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        "Rows a … b-1 (b-a, N), over their maxima, which are recorded as the column maxima of a … b-1."
+        rows = self._block(a, b, 0)
+        self.column_max[a:b] = rows.amax(dim=1)
+        _check_column_max(self.column_max[a:b], start=a)
+        return rows.div_(self.column_max[a:b, None])
+
+    def at(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        "Entries (i, j) for index vectors `i`, `j`: D[j, i] / max_k D[k, i], by dot products, `chunk` pairs at a time."
+        values, Q = torch.empty(len(i)), self.Q
+        for s in range(0, len(i), self.chunk):
+            ii, jj = i[s : s + self.chunk], j[s : s + self.chunk]
+            dot = torch.empty(len(ii))
+            for i_part, i_start in zip(self.parts, (0, Q)):       # gather each pair from the parts that hold it
+                for j_part, j_start in zip(self.parts, (0, Q)):
+                    pick = ((ii >= Q) == (i_start > 0)) & ((jj >= Q) == (j_start > 0))
+                    if pick.any():
+                        fi = self._unit(i_part[ii[pick] - i_start], ii[pick])   # (p, D)
+                        fj = self._unit(j_part[jj[pick] - j_start], jj[pick])
+                        dot[pick] = torch.bmm(fj.unsqueeze(1), fi.unsqueeze(2)).view(-1)
+            d = dot.neg_().add_(1.0).clamp_(0.0, 2.0) if self.metric == "cosine" else \
+                dot.mul_(-2.0).add_(self.norms[ii]).add_(self.norms[jj]).clamp_min_(0.0)
+            torch.div(d, self.column_max[ii], out=values[s : s + self.chunk])
+        return values
+
+    def query_gallery(self, a: int, b: int) -> torch.Tensor:
+        "Rows a … b-1 (< Q) restricted to the gallery columns (b-a, G), over the column maxima."
+        return self._block(a, b, self.Q).div_(self.column_max[a:b, None])
+
+# %% ../nbs/07b_rerank.ipynb #522dec9b
+def re_ranking_features(qf, gf, metric: str = "euclidean", k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                        max_memory_gb: float = 4.0) -> torch.Tensor:
+    """`re_ranking` from the query features `qf` (Q, D) and gallery features `gf` (G, D): the same final distances
+    (Q, G), float32 on the CPU, as `re_ranking` of the `compute_distance(·, ·, metric)` matrices, up to float32
+    rounding, without any of those matrices: distances are computed block by block when needed, so besides the
+    result everything stays within `max_memory_gb` GiB (`re_ranking_memory` with `dim=D`), or a `MemoryError` comes
+    before any work. `metric`: 'euclidean' (squared) or 'cosine' (1 - cosine similarity). Runs on the CPU; features
+    that are not float32 CPU tensors are copied to float32 first (not counted in `max_memory_gb`)."""
+    qf, gf = _feature_inputs(qf, gf, metric)
+    _check_parameters(k1, k2, lambda_value)
+    (Q, D), G = qf.shape, len(gf)
+    block = re_ranking_block(Q, G, k1, k2, max_memory_gb, dim=D)  # rows per block, or a MemoryError before any work
+    chunk = max(1, block * (Q + G) * _ROW_BYTES // 2 // (16 * D + 64))   # pairs per gather: in a block's room
+    original = _FeatureDistances(qf, gf, metric, block, chunk)
+    return _re_rank(original, k1, k2, lambda_value, block)
