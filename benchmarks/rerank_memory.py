@@ -5,8 +5,8 @@ matrices that evaluate_distances used to build. Prints a table; not a unit test.
 
     python benchmarks/rerank_memory.py                                  # the default sizes, 1 thread
     python benchmarks/rerank_memory.py --sizes 1000x4000 2000x8000 --dim 256 --max-memory-gb 2
-    python benchmarks/rerank_memory.py --sizes 500x2000 2000x8000 --dense   # the matrix path too, measured
-    python benchmarks/rerank_memory.py --save benchmarks/results/rerank_memory.txt
+    python benchmarks/rerank_memory.py --dense-up-to 20000     # the matrix path too, measured, where Q + G <= 20000
+    python benchmarks/rerank_memory.py --save benchmarks/results/rerank_memory.txt   # appends the output there
 
 Every run is a fresh process. Peak memory is the peak resident set (VmHWM, Linux /proc/self/status) during the call,
 reset with /proc/self/clear_refs just before it, minus the resident set then: everything the call touched — torch's
@@ -102,8 +102,9 @@ def main():
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--max-memory-gb", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dense", action="store_true", help="also run the matrix path (fresh process) for comparison")
-    p.add_argument("--save", help="also write the output to this file")
+    p.add_argument("--dense-up-to", type=int, default=0, metavar="N",
+                   help="also run the matrix path (fresh process) for the sizes with queries + gallery <= N")
+    p.add_argument("--save", help="also append the output to this file")
     p.add_argument("--child", nargs=3, metavar=("Q", "G", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -124,18 +125,20 @@ def main():
     say(f"problem: clustered {args.dim}-d features, metric={args.metric}, k1={args.k1}, k2={args.k2}, lambda=0.3, "
         f"max_memory_gb={args.max_memory_gb}, {args.threads} torch thread(s)")
     say("peak: peak resident set during the call minus the resident set before it (fresh process per run; the input "
-        "features not counted)")
+        "features not counted); bound: re_ranking_memory with the block rows re_ranking_block picks; result: the (Q, G) "
+        "float32 output, inside both; N x N x 4: the whole distance matrix in float32; QQ+GG+QG x 4: the three matrices "
+        "the matrix path takes")
     say()
     head = (f"{'queries x gallery':>18} {'path':>9} {'block':>6} {'seconds':>8} {'peak MiB':>9} {'bound MiB':>10} "
-            f"{'N x N x 4 MiB':>14} {'QQ+GG+QG x 4 MiB':>17}")
+            f"{'result MiB':>10} {'N x N x 4 MiB':>14} {'QQ+GG+QG x 4 MiB':>17}")
     say(head)
     say("-" * len(head))
     t_all = time.perf_counter()
     for size in args.sizes:
         q, g = (int(v) for v in size.lower().split("x"))
         n = q + g
-        dense_all, dense_three = n * n * 4 / MiB, (q * q + g * g + q * g) * 4 / MiB
-        paths = ["features", "matrix"] if args.dense else ["features"]
+        dense_all, dense_three, result = n * n * 4 / MiB, (q * q + g * g + q * g) * 4 / MiB, q * g * 4 / MiB
+        paths = ["features", "matrix"] if n <= args.dense_up_to else ["features"]
         checks = {}
         for path in paths:
             dim = args.dim if path == "features" else 0
@@ -146,19 +149,19 @@ def main():
                 block, bound = "-", "(no fit)"
             r = run_child(args, q, g, path)
             if "error" in r:
-                say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {'':>8} {'':>9} {bound:>10} {dense_all:14,.0f} "
-                    f"{dense_three:17,.0f}  {r['error'][:80]}")
+                say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {'':>8} {'':>9} {bound:>10} {result:10,.0f} "
+                    f"{dense_all:14,.0f} {dense_three:17,.0f}  {r['error'][:80]}")
                 continue
             checks[path] = r["checksum"]
             say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {r['seconds']:8.1f} {r['peak_mib']:9,.0f} {bound:>10} "
-                f"{dense_all:14,.0f} {dense_three:17,.0f}" + ("" if r["finite"] else "  NOT FINITE"))
+                f"{result:10,.0f} {dense_all:14,.0f} {dense_three:17,.0f}" + ("" if r["finite"] else "  NOT FINITE"))
         if len(checks) == 2:
             say(f"{'':>18} sums of the two results: {checks['features']:.6g} and {checks['matrix']:.6g}")
     say()
     say(f"wall time: {time.perf_counter() - t_all:.0f} s in all")
     if args.save:
-        with open(args.save, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        with open(args.save, "a") as f:
+            f.write("\n".join(lines) + "\n\n")
 
 
 if __name__ == "__main__":
