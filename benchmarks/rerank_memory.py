@@ -130,7 +130,7 @@ def main():
         "the matrix path takes")
     say()
     head = (f"{'queries x gallery':>18} {'path':>9} {'block':>6} {'seconds':>8} {'peak MiB':>9} {'bound MiB':>10} "
-            f"{'result MiB':>10} {'N x N x 4 MiB':>14} {'QQ+GG+QG x 4 MiB':>17}")
+            f"{'result MiB':>11} {'N x N x 4 MiB':>14} {'QQ+GG+QG x 4 MiB':>17}")
     say(head)
     say("-" * len(head))
     t_all = time.perf_counter()
@@ -149,12 +149,12 @@ def main():
                 block, bound = "-", "(no fit)"
             r = run_child(args, q, g, path)
             if "error" in r:
-                say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {'':>8} {'':>9} {bound:>10} {result:10,.0f} "
+                say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {'':>8} {'':>9} {bound:>10} {result:11,.0f} "
                     f"{dense_all:14,.0f} {dense_three:17,.0f}  {r['error'][:80]}")
                 continue
             checks[path] = r["checksum"]
             say(f"{q:>7,} x {g:<8,} {path:>9} {block:>6} {r['seconds']:8.1f} {r['peak_mib']:9,.0f} {bound:>10} "
-                f"{result:10,.0f} {dense_all:14,.0f} {dense_three:17,.0f}" + ("" if r["finite"] else "  NOT FINITE"))
+                f"{result:11,.0f} {dense_all:14,.0f} {dense_three:17,.0f}" + ("" if r["finite"] else "  NOT FINITE"))
         if len(checks) == 2:
             say(f"{'':>18} sums of the two results: {checks['features']:.6g} and {checks['matrix']:.6g}")
     say()
