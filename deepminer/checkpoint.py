@@ -10,18 +10,21 @@ import os
 import random
 import signal
 import threading
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .folders import hold_folder
 from .distributed import barrier, gather_objects
 
 # %% auto #0
-__all__ = ['FAULT_ACTIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT_KEYS', 'fault_point', 'save_checkpoint', 'load_checkpoint',
-           'seed_everything', 'rng_states', 'set_rng_states', 'TrainingInterrupted', 'InterruptAtBatchEnd', 'RunState',
-           'Checkpointing', 'open_run', 'check_resume', 'write_json']
+__all__ = ['FAULT_ACTIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT_KEYS', 'fault_point', 'first_line', 'save_checkpoint',
+           'load_checkpoint', 'seed_everything', 'rng_states', 'set_rng_states', 'TrainingInterrupted',
+           'InterruptAtBatchEnd', 'RunState', 'Checkpointing', 'open_run', 'check_resume', 'run_folder', 'load_weights',
+           'write_json']
 
 # %% ../nbs/06c_checkpoints.ipynb #b24a8970
 FAULT_ACTIONS = ("sigint", "sigkill", "error")
@@ -45,6 +48,11 @@ def fault_point(name: str):
         os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGKILL)
 
 # %% ../nbs/06c_checkpoints.ipynb #cbb6e956
+def first_line(err: BaseException) -> str:
+    "The first line of an error's message, or its type's name when the message is empty."
+    return next(iter(str(err).splitlines()), "") or type(err).__name__
+
+
 def save_checkpoint(path: str | Path, state: dict):
     """Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed. If the
     write fails or is interrupted, the temporary file is removed and `path` is left as it was."""
@@ -71,7 +79,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:   # truncated, damaged, or pickled code that weights_only refuses
         raise ValueError(f"{path} cannot be read as a checkpoint (truncated, damaged, or not written by "
-                         f"deepminer-train): {str(err).splitlines()[0]}") from None
+                         f"deepminer-train): {first_line(err)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a deepminer-train checkpoint")
     return state
@@ -148,7 +156,7 @@ class RunState:
         if trained != self.num_classes:
             raise ValueError(f"cannot resume {self.output}: it was trained on {trained} identities, but "
                              f"{self.config.root} now has {self.num_classes} training identities")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.checkpoint_path)
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.center_optimizer.load_state_dict(state["center_optimizer"])
@@ -207,31 +215,67 @@ CHECKPOINT_KEYS = {"config", "model", "epoch", "optimizer"}                     
 
 
 def open_run(output: str | Path, resume: bool = False) -> dict | None:
-    """Check that the run folder `output` may take a new run (`resume=False`: it holds none) or holds one to resume;
-    return the checkpoint to resume from, or None for a new run. Nothing is written."""
+    """Check that the run folder `output` may take a new run (`resume=False`: it holds no checkpoint) or holds one to
+    resume; return the checkpoint to resume from, or None for a new run. A folder whose run stopped before its first
+    checkpoint holds nothing to keep: a new run may start there, and `resume=True` starts it over (with a warning)."""
     output = Path(output)
     checkpoint = output / "checkpoint.pt"
     if not resume:
-        for name in ("checkpoint.pt", "config.json"):
-            if (output / name).exists():
-                raise FileExistsError(f"{output} already holds a run ({name}): resume it (resume=True, --resume) "
-                                      "or choose another output folder")
+        if checkpoint.exists():
+            raise FileExistsError(f"{output} already holds a run (checkpoint.pt): resume it (resume=True, --resume) "
+                                  "or choose another output folder")
         return None
     if not checkpoint.exists():
+        if (output / "config.json").exists():
+            warnings.warn(f"{output} holds no checkpoint (its run stopped before finishing an epoch): starting it over")
+            return None
         raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
     state = load_checkpoint(checkpoint)
     if not CHECKPOINT_KEYS <= set(state):
         raise ValueError(f"cannot resume: {checkpoint} is not a deepminer-train checkpoint (it lacks "
                          f"{sorted(CHECKPOINT_KEYS - set(state))})")
+    epochs = state["config"].get("epochs") if isinstance(state["config"], dict) else None
+    if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int) or not 0 < state["epoch"] <= (epochs or 0):
+        raise ValueError(f"cannot resume: {checkpoint} says it finished epoch {state['epoch']!r} of a run of {epochs!r} "
+                         "epochs; it is damaged or was not written by deepminer-train")
     return state
 
 
-def check_resume(output: str | Path, saved: dict, config: dict):
-    "Raise ValueError naming each setting of `config` (a dict) that differs from the `saved` run's and may not."
+def check_resume(output: str | Path, saved: dict, config: dict, epoch: int = 0):
+    """Raise ValueError naming each setting of `config` (a dict) that differs from the `saved` run's and may not; and
+    if `config` asks for no more epochs than the `epoch` the run has finished (nothing would change but its config)."""
     changed = {k: (saved[k], v) for k, v in config.items() if saved.get(k) != v and k not in RESUMABLE_CHANGES}
     if changed:
         raise ValueError(f"cannot resume {output} with other settings: "
                          + ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
+    if config["epochs"] <= epoch:
+        raise ValueError(f"cannot resume {output}: it has trained {epoch} epochs already and epochs={config['epochs']} "
+                         f"asks for no more; give more than {epoch} epochs (--epochs) to train on")
+
+# %% ../nbs/06c_checkpoints.ipynb #443ae6f0
+@contextmanager
+def run_folder(output: str | Path, resume: bool = False):
+    """Hold the run folder `output` while the body runs (the main process: see `deepminer.folders.hold_folder`;
+    created if missing) and yield `open_run(output, resume)`: the checkpoint to resume from, or None."""
+    main = int(os.environ.get("RANK", "0")) == 0           # under torchrun the main process writes
+    with hold_folder(output, "deepminer-train") if main else nullcontext():
+        yield open_run(output, resume)
+
+
+def load_weights(model: torch.nn.Module, weights, source: str | Path):
+    """`model.load_state_dict(weights)`, or a one-line ValueError naming `source` when the weights are not the
+    model's (missing or unexpected entries, other shapes) — instead of PyTorch's list of every key."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{source}: its weights are a {type(weights).__name__}, not a state dict")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    shapes = [k for k in expected if k in weights and getattr(weights[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                    ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
+        raise ValueError(f"{source} does not hold this model's weights: " + ", ".join(problems)
+                         + "; it is damaged or written for another model")
+    model.load_state_dict(weights)
 
 
 def write_json(path: str | Path, data):

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,16 +23,19 @@ from .model import ERASE_SOURCES, DeepMiner, DeepMinerConfig, RESNETS, WeightsUn
 from .export import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, export_checkpoint
 from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
-from .data import BAD_IMAGE_POLICIES
+from .data import BAD_IMAGE_POLICIES, DATASETS, parse_dataset_options
+from .checkpoint import write_json
+from .folders import folder_files, hold_folder, new_folder
 from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate_checkpoint,
                              format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train,
                              train_with_baseline)
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'OneLineParser', 'one_line', 'command',
-           'add_model_arguments', 'model_config', 'summary_parser', 'summary_main', 'synth_parser', 'synth_main',
-           'train_parser', 'train_config_from_args', 'train_main', 'eval_parser', 'eval_output', 'eval_main',
-           'export_parser', 'export_main', 'ablate_parser', 'ablate_main', 'reference_parser', 'reference_main']
+__all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'METRIC_NAMES', 'EVAL_FILES',
+           'OneLineParser', 'one_line', 'command', 'add_model_arguments', 'model_config', 'summary_parser',
+           'summary_main', 'synth_parser', 'synth_main', 'read_config_file', 'train_parser', 'train_config_from_args',
+           'train_main', 'eval_parser', 'eval_output', 'parse_with_config', 'eval_main', 'export_parser', 'export_main',
+           'ablate_parser', 'ablate_main', 'reference_parser', 'reference_main']
 
 # %% ../nbs/10_cli.ipynb #0cc91fe7
 class OneLineParser(argparse.ArgumentParser):
@@ -46,8 +49,12 @@ USER_ERRORS = (ValueError, OSError, ImportError)   # bad values; missing, unread
 
 
 def one_line(err: BaseException | str) -> str:
-    "An error's message on one line (a missing package also says which `pip install` brings it)."
-    text = " ".join(str(err).split())
+    """An error's message on one line (a missing package also says which `pip install` brings it; an error raised in
+    a data-loading worker process is given as the worker's own error, without the traceback PyTorch wraps it in)."""
+    text = str(err)
+    if "Original Traceback" in text:          # re-raised from a DataLoader worker: the last line is the error itself
+        text = text.strip().splitlines()[-1].partition(": ")[2] or text
+    text = " ".join(text.split())
     if isinstance(err, ModuleNotFoundError) and err.name and "pip install" not in text:
         text += f" (pip install {err.name.split('.')[0]})"
     return text
@@ -203,7 +210,7 @@ def synth_main(argv: list[str] | None = None) -> None:
 
 # %% ../nbs/10_cli.ipynb #87852ace
 TRAIN_HELP = {
-    "root": "dataset folder (default: data/<dataset>)", "height": "input height in pixels", "width": "input width in pixels",
+    "height": "input height in pixels", "width": "input width in pixels",
     "P": "identities per batch", "K": "images per identity in a batch", "num_workers": "data loading processes (default: 0 on CPU, 4 on GPU)",
     "epochs": "training epochs", "lr": "Adam learning rate after warm-up", "warmup_epochs": "epochs of linear warm-up",
     "warmup_start_lr": "learning rate at the first epoch", "milestones": "epochs at which the learning rate is multiplied by --gamma",
@@ -216,12 +223,34 @@ TRAIN_HELP = {
     "bad_images": "an unreadable image: raise (stop, naming it) or skip (leave it out and say how many)",
 }  # TrainConfig field -> --help text
 
+# %% ../nbs/10_cli.ipynb #f37d3dd3
+def read_config_file(path: str | Path) -> dict:
+    "The settings in the JSON or YAML (.yaml, .yml) file `path`, a dict; a one-line error naming the file otherwise."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            settings = yaml.safe_load(text)
+        else:
+            settings = json.loads(text)
+    except ImportError:
+        raise
+    except Exception as err:   # not UTF-8, not JSON / YAML
+        raise ValueError(f"--config {path} cannot be read as {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
+                         f"{one_line(err)}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--config {path} holds a {type(settings).__name__}, not a mapping of settings")
+    return settings
+
 # %% ../nbs/10_cli.ipynb #54bf3cf0
 def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add a flag per `TrainConfig` setting to `parser`; a flag that is not given stays out of the parsed arguments."
     run = parser.add_argument_group("training (defaults: from --recipe)")
     for f in fields(TrainConfig):
-        if f.name in ("model", "dataset", "recipe", "amp", "cpu_bf16", "eval_flip", "augment", "pad_crop", "sync_bn"):
+        if f.name in ("model", "dataset", "root", "dataset_options", "recipe", "amp", "cpu_bf16", "eval_flip", "augment", "pad_crop", "sync_bn"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "milestones":
@@ -254,8 +283,15 @@ def train_parser() -> argparse.ArgumentParser:
                     "train Deep Miner and the global-only baseline with the cpu recipe, print mAP / Rank-1 / Rank-5 / time). "
                     "Runs unchanged under torchrun --nproc_per_node=N (NCCL on GPUs, gloo on the CPU): --P is per "
                     "process, the global batch is P*K*N, only rank 0 writes.")
-    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "market1501", "dukemtmcreid", "cuhk03", "msmt17", "custom"],
-                        help="dataset to train and evaluate on (default: %(default)s)")
+    parser.add_argument("--dataset", nargs="+", choices=["synthetic", *DATASETS], metavar="DATASET",
+                        help=f"dataset(s) to train on, one of {', '.join(['synthetic', *DATASETS])}; several train "
+                             "together (identities and cameras kept apart per set) and are evaluated on the first "
+                             "(default: synthetic, or the --config's; cross-domain: deepminer-eval --dataset OTHER)")
+    parser.add_argument("--root", nargs="+", metavar="FOLDER", help="dataset folder(s), one per --dataset (default: data/<dataset>)")
+    parser.add_argument("--dataset-option", nargs="+", metavar="KEY=VALUE", dest="dataset_option",
+                        help="reader options, e.g. kind=detected protocol=classic split=3 (cuhk03), with_val=true (msmt17)")
+    parser.add_argument("--config", metavar="FILE", help="start from the settings in FILE (a run's config.json, or YAML "
+                        "of the same keys) instead of a recipe; the flags given override them")
     parser.add_argument("--recipe", choices=list(RECIPES),
                         help="settings to start from: cpu (the synthetic main job), strong (the paper with Bag of Tricks' "
                              "habits) or paper (§3-§4.1 as written); default: cpu for the synthetic set, strong otherwise")
@@ -273,14 +309,30 @@ def train_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #1ec12525
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    "The `TrainConfig` of parsed `deepminer-train` arguments: the recipe, then every flag that was given."
-    name = args.recipe or ("cpu" if args.dataset == "synthetic" else "strong")
-    given = {k: v for k, v in vars(args).items()
-             if k not in ("recipe", "show_config", "output", "resume", "baseline", "quiet") and not (k == "dataset" and v is None)}
-    if "root" not in given and args.dataset != RECIPES[name].get("dataset"):
-        given["root"] = f"data/{args.dataset}"
+    """The `TrainConfig` of parsed `deepminer-train` arguments: the settings of `--config FILE`, or else the recipe,
+    then every flag that was given."""
+    if vars(args).get("augment") is False and vars(args).get("pad_crop") is True:
+        raise ValueError("--pad-crop is part of the augmentation that --no-augment turns off: give one of them")
+    if args.config and args.recipe:
+        raise ValueError("--config and --recipe both give the settings to start from: choose one")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in
+             ("recipe", "show_config", "output", "resume", "baseline", "quiet", "config", "dataset_option")}
+    if "dataset" in given:
+        given["dataset"] = "+".join(args.dataset)
+    if args.dataset_option is not None:
+        given["dataset_options"] = parse_dataset_options(args.dataset_option)
+    base = TrainConfig.from_dict(read_config_file(args.config)) if args.config else None
+    name = args.recipe or (base.recipe if base else None) or ("cpu" if given.get("dataset", "synthetic") == "synthetic" else "strong")
+    dataset = given.get("dataset", base.dataset if base else RECIPES[name].get("dataset", "synthetic"))
+    if "root" in given:
+        given["root"] = given["root"][0] if len(given["root"]) == 1 else given["root"]
+    elif "dataset" in given and dataset != (base.dataset if base else RECIPES[name].get("dataset")):
+        roots = [f"data/{d}" for d in dataset.split("+")]
+        given["root"] = roots[0] if len(roots) == 1 else roots
     model = {k: given.pop(k) for k in MODEL_FIELDS & set(given)}   # the model flags that were given
-    return recipe(name, **given, model=model)
+    if base is None:
+        return recipe(name, **given, model=model)
+    return replace(base, **given, model=replace(base.model, **model))
 
 # %% ../nbs/10_cli.ipynb #47c18c6f
 @command("deepminer-train")
@@ -295,7 +347,10 @@ def train_main(argv: list[str] | None = None) -> None:
         print(format_recipe_table(config))
         return
     rank, world_size, _ = init_distributed(config.device)   # under torchrun; (0, 1, 0) otherwise
-    output = Path(broadcast_object(args.output or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if args.output is None:    # a new folder, claimed by creating it (two commands started at once get two)
+        output = Path(broadcast_object(str(new_folder(f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")) if rank == 0 else None))
+    else:
+        output = Path(args.output)
     with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
     if rank == 0:
         processes = f" x {world_size} processes" if world_size > 1 else ""
@@ -329,14 +384,21 @@ def eval_parser() -> argparse.ArgumentParser:
         description="Evaluate a deepminer-train checkpoint on a query/gallery set (Market-1501 protocol): print mAP, "
                     "mINP, Rank-1/5/10 and save plots.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
-    parser.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
-    parser.add_argument("--root", help="dataset folder (default: the one it was trained on)")
+    parser.add_argument("--dataset", choices=["synthetic", *DATASETS], metavar="DATASET",
+                        help="dataset to evaluate on, e.g. another one than it was trained on (cross-domain); "
+                             "default: the one it was trained on")
+    parser.add_argument("--root", help="dataset folder (default: the one it was trained on, or data/<--dataset>)")
+    parser.add_argument("--dataset-option", nargs="+", metavar="KEY=VALUE", dest="dataset_option",
+                        help="reader options of --dataset, e.g. kind=detected (cuhk03) (default: the training run's)")
+    parser.add_argument("--config", metavar="FILE", help="read these options from FILE (JSON or YAML, e.g. the metrics.json "
+                        "of an earlier evaluation); the flags given override them")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017, k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--flip", action="store_true", help="average each image's features with its mirror image's")
     parser.add_argument("--normalize", choices=["none", "branch", "all"], default="none",
                         help="L2-normalize the features: not at all, per branch, or the whole vector (default: %(default)s)")
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean", help="distance (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=0, help="image loading processes (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="(default: %(default)s)")
     parser.add_argument("--output", help="folder for the plots and metrics.json (default: a new eval/, eval-2/, … beside "
                                          "the checkpoint); a folder that holds files needs --replace")
@@ -349,34 +411,56 @@ def eval_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/10_cli.ipynb #698a9939
-def eval_output(checkpoint: str | Path, output: str | Path | None, replace: bool) -> Path:
-    """Where `deepminer-eval` writes: `output`, which must not be a run folder and, if it holds files, needs `replace`;
-    by default the first of eval/, eval-2/, … beside `checkpoint` that does not exist yet."""
+METRIC_NAMES = ("mAP", "mINP", "rank1", "rank5", "rank10", "data")   # what metrics.json holds besides the options
+EVAL_FILES = ("cmc.png", "distances.png", "ranked_lists.png", "metrics.json")   # what an evaluation writes
+
+
+def eval_output(checkpoint: str | Path, output: str | Path | None) -> Path:
+    """Where `deepminer-eval` writes: `output`, which must not be a run folder; by default a new folder beside
+    `checkpoint`, eval/, eval-2/, …, created here (`new_folder`) so that two evaluations never share one."""
     if output is None:
-        parent = Path(checkpoint).parent
-        return next(parent / name for name in ("eval", *(f"eval-{k}" for k in range(2, 10_000))) if not (parent / name).exists())
+        return new_folder(Path(checkpoint).parent / "eval")
     output = Path(output)
     if any((output / name).exists() for name in ("checkpoint.pt", "config.json")):
         raise FileExistsError(f"--output {output} is a run folder (its metrics.json is training's): choose another folder")
-    if output.is_dir() and any(output.iterdir()) and not replace:
-        raise FileExistsError(f"--output {output} already holds files: pass --replace to overwrite the evaluation's "
-                              "files there (cmc.png, distances.png, ranked_lists.png, metrics.json), or choose a new folder")
     return output
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; with `--config FILE`, the file's settings (keys: the options' names, e.g. batch_size) are the
+    defaults the flags override. Keys that name no option are refused, except metrics an evaluation wrote beside them."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    path = first.parse_known_args(argv)[0].config
+    if path:
+        settings = {k: v for k, v in read_config_file(path).items() if k not in METRIC_NAMES}
+        if unknown := sorted(set(settings) - {a.dest for a in parser._actions} - {"help", "config"}):
+            raise ValueError(f"--config {path}: {', '.join(unknown)} name no option of {parser.prog}")
+        parser.set_defaults(**settings)
+        for action in parser._actions:            # an option the file gives is no longer required on the command line
+            action.required = action.required and action.dest not in settings
+    return parser.parse_args(argv)
 
 
 @command("deepminer-eval")
 def eval_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
-    args = eval_parser().parse_args(argv)
-    output = eval_output(args.checkpoint, args.output, args.replace)
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.root, flip=args.flip, rerank=args.rerank,
-                                  normalize=args.normalize, metric=args.metric, plots_dir=output, batch_size=args.batch_size,
-                                  device=args.device, progress=not args.quiet, bad_images=args.bad_images,
-                                  branches=args.branches)
-    settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace")}
-    (output / "metrics.json").write_text(json.dumps({**metrics, **settings}, indent=1))
-    print("  ".join(f"{name} {metrics[key]:.1f}" for key, name in
-                    (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))
+    args = parse_with_config(eval_parser(), argv)
+    output = eval_output(args.checkpoint, args.output)
+    with hold_folder(output, "deepminer-eval", created=True if args.output is None else None):   # one evaluation at a time
+        if folder_files(output) and not args.replace:
+            raise FileExistsError(f"--output {output} already holds files: pass --replace to overwrite the evaluation's "
+                                  f"files there ({', '.join(EVAL_FILES)}), or choose a new folder")
+        options = parse_dataset_options(args.dataset_option) if args.dataset_option else None
+        root = args.root or (f"data/{args.dataset}" if args.dataset else None)
+        metrics = evaluate_checkpoint(args.checkpoint, args.dataset, root, flip=args.flip, rerank=args.rerank,
+                                      normalize=args.normalize, metric=args.metric, plots_dir=output, batch_size=args.batch_size,
+                                      device=args.device, progress=not args.quiet, bad_images=args.bad_images,
+                                      branches=args.branches, dataset_options=options, num_workers=args.num_workers)
+        settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace", "config", "output")}
+        write_json(output / "metrics.json", {**metrics, **settings})
+    print(f"{metrics['data']}: " + "  ".join(f"{name} {metrics[key]:.1f}" for key, name in
+          (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))
     print(f"plots and metrics.json in {output}")
 
 # %% ../nbs/10_cli.ipynb #ff0ee770

@@ -739,7 +739,11 @@ def read_msmt17_list(list_path: Path, images: Path) -> list[Record]:
     name_regex = re.compile(r"^\d+_\d+_(?P<cam>0*[1-9]\d*)_.+\.(?:jpe?g|png)$", re.IGNORECASE)
     name_pattern = "PPPP_NNN_CC_<day><time>_FFFF_B.jpg (e.g. 0000_000_01_0303morning_0008_0.jpg, CC = camera 01..15)"
     records = []
-    for number, line in enumerate(list_path.read_text().splitlines(), start=1):
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"MSMT17: {list_path} is not UTF-8 text ({err.reason} at byte {err.start}); expected lines 'PATH PID'") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         fields = line.split()
@@ -812,14 +816,19 @@ def _read_person_folders(folder: Path, name_regex: re.Pattern, name_pattern: str
 def _read_records_csv(csv_path: Path, root: Path) -> list[Record]:
     "Records of a CSV file with rows path,pid,camid (optional header row), paths relative to `root`."
     records = []
-    with open(csv_path, newline="") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
-            if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "pid", "camid"]):
-                continue
-            if len(row) != 3 or not all(re.fullmatch(r"\s*-?\d+\s*", v) for v in row[1:]):
-                raise ValueError(f"CustomDataset: {csv_path}, line {number}: expected 'path,pid,camid' with integer "
-                                 f"pid and camid, got {','.join(row)!r}")
-            records.append(Record(str(root / row[0].strip()), int(row[1]), int(row[2])))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"CustomDataset: {csv_path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         "save it as UTF-8 CSV with rows path,pid,camid") from None
+    for number, row in enumerate(rows, start=1):
+        if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "pid", "camid"]):
+            continue
+        if len(row) != 3 or not all(re.fullmatch(r"\s*-?\d+\s*", v) for v in row[1:]):
+            raise ValueError(f"CustomDataset: {csv_path}, line {number}: expected 'path,pid,camid' with integer "
+                             f"pid and camid, got {','.join(row)!r}")
+        records.append(Record(str(root / row[0].strip()), int(row[1]), int(row[2])))
     if not records:
         raise ValueError(f"CustomDataset: {csv_path} lists no image; expected rows path,pid,camid")
     check_files_exist(records, "CustomDataset", csv_path)

@@ -64,7 +64,7 @@ def _read_weights(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:   # a text file, a truncated download, pickled code that weights_only refuses
-        raise ValueError(f"backbone_weights: {path} cannot be read as PyTorch weights: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"backbone_weights: {path} cannot be read as PyTorch weights: {next(iter(str(err).splitlines()), '') or type(err).__name__}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from .folders import hold
+
 # %% auto #0
 __all__ = ['PARTS', 'COLOURS', 'ATTRIBUTES', 'PART_ATTRIBUTES', 'TEXTURES', 'SKINS', 'FACINGS', 'BUILD_WIDTH', 'WORLDS', 'SHORTCUT_COLOURS', 'SHORTCUT_TOPS', 'MARKET_FOLDERS', 'Identity', 'draw_identities', 'Camera', 'draw_cameras', 'render_image', 'shortcut_torsos', 'SyntheticConfig', 'make_synthetic_reid', 'part_colour_descriptor', 'nearest_neighbour_accuracy']
 
@@ -554,31 +556,34 @@ def _write_image(folder: Path, spec: dict, camera: Camera, config: SyntheticConf
 def make_synthetic_reid(root: str | Path, seed: int = 0, overwrite: bool = False, progress: bool = True,
                         **sizes) -> Path:
     """Write a synthetic person re-ID set in Market-1501's layout to `root` and return `root`. `sizes` are fields of
-    `SyntheticConfig`. If `root` already holds the set for these settings, nothing is written."""
+    `SyntheticConfig`. If `root` already holds the set for these settings, nothing is written. While it writes, a second
+    call for the same `root` is refused, naming the process that writes."""
     config = SyntheticConfig(**sizes)
     root = Path(root)
     manifest = {"format": "deepminer-synthetic-1", "seed": int(seed), "config": asdict(config)}
-    if _check_root(root, manifest, overwrite):   # this very set is there already; anything else is kept (`00a_set_files`)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with hold(root.parent / f".{root.name}.lock", str(root), "deepminer-synth"):   # one writer at a time (00b_folders)
+        if _check_root(root, manifest, overwrite):   # this very set is there already; anything else is kept (`00a_set_files`)
+            return root
+        cameras, people, specs = _plan(config, seed)
+        tmp = root.parent / f".{root.name}.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        for folder in MARKET_FOLDERS:
+            (tmp / folder).mkdir(parents=True)
+            (tmp / "parts" / folder).mkdir(parents=True)
+        try:
+            for i, spec in enumerate(tqdm(specs, desc=f"synthetic set -> {root}", unit="img", disable=not progress)):
+                _write_image(tmp, spec, cameras[spec["camera"]], config, np.random.default_rng([seed, i]))
+        except BaseException:  # interrupted or failed: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest.update(parts=list(PARTS), cameras=[asdict(c) for c in cameras],
+                        identities={split: [asdict(p) for p in ps] for split, ps in people.items()},
+                        counts={folder: sum(s["folder"] == folder for s in specs) for folder in MARKET_FOLDERS})
+        (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _move_set(tmp, root)                 # the finished set takes the root's place (`00a_set_files`)
         return root
-    cameras, people, specs = _plan(config, seed)
-    tmp = root.parent / f".{root.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for folder in MARKET_FOLDERS:
-        (tmp / folder).mkdir(parents=True)
-        (tmp / "parts" / folder).mkdir(parents=True)
-    try:
-        for i, spec in enumerate(tqdm(specs, desc=f"synthetic set -> {root}", unit="img", disable=not progress)):
-            _write_image(tmp, spec, cameras[spec["camera"]], config, np.random.default_rng([seed, i]))
-    except BaseException:  # interrupted or failed: leave nothing half-written behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    manifest.update(parts=list(PARTS), cameras=[asdict(c) for c in cameras],
-                    identities={split: [asdict(p) for p in ps] for split, ps in people.items()},
-                    counts={folder: sum(s["folder"] == folder for s in specs) for folder in MARKET_FOLDERS})
-    (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _move_set(tmp, root)                 # the finished set takes the root's place (`00a_set_files`)
-    return root
 
 # %% ../nbs/00_synthetic.ipynb #c9349c15
 def part_colour_descriptor(root: str | Path, folder: str, part: str, bands: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@
 # %% ../nbs/06_train.ipynb #ecc0021c
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from torch.utils.data import DataLoader
 
-from .checkpoint import (Checkpointing, check_resume, load_checkpoint, open_run, seed_everything,
-                                  write_json)
+from .checkpoint import (Checkpointing, check_resume, load_checkpoint, load_weights, run_folder,
+                                  seed_everything, write_json)
 from .checkpoint import (TrainingInterrupted, rng_states, save_checkpoint,  # noqa: F401
                                   set_rng_states)   # importable from here too, as before the appendix 06c
 from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_dataset, build_transforms
@@ -40,8 +40,9 @@ __all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_REC
 @dataclass
 class DataSettings:
     "The data side of a `TrainConfig`: which set, the image size, the P×K batches and the augmentations."
-    dataset: str = "market1501"           # a key of deepminer.data.DATASETS, or "synthetic"
-    root: str = "data/market1501"
+    dataset: str = "market1501"           # a key of deepminer.data.DATASETS, "synthetic", or several joined by "+"
+    root: str | list[str] = "data/market1501"   # one folder per dataset
+    dataset_options: dict = field(default_factory=dict)   # the readers' options, e.g. {"kind": "detected"}
     height: int = 384
     width: int = 128
     P: int = 16                           # identities per batch
@@ -86,11 +87,15 @@ class TrainConfig(DeviceSettings, DataSettings):
     def __post_init__(self):
         self.model = DeepMinerConfig.from_dict(self.model) if isinstance(self.model, dict) else self.model
         self.milestones = tuple(self.milestones)
+        self.pad_crop = self.pad_crop and self.augment    # without augmentation there is no crop either
         check_train_config(self)
 
     def to_dict(self) -> dict:
         "A JSON-compatible dict (tuples become lists, the model a dict of its own)."
-        return {**asdict(self), "milestones": list(self.milestones), "model": self.model.to_dict()}
+        d = {**asdict(self), "milestones": list(self.milestones), "model": self.model.to_dict()}
+        if not d["dataset_options"]:   # left out when empty, as in configs written before it existed
+            del d["dataset_options"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -110,12 +115,12 @@ def check_train_config(config: TrainConfig):
     if not isinstance(config.model, DeepMinerConfig):
         raise ValueError(f"model must be a DeepMinerConfig or a dict of its fields, got {config.model!r}")
     for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
-        value, least = getattr(config, name), 0 if name == "warmup_epochs" else 1
+        value, least = getattr(config, name), {"warmup_epochs": 0, "K": 2}.get(name, 1)  # K: a positive pair per person
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     for name in ("lr", "warmup_start_lr", "center_lr"):
-        if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+        if not 0 < getattr(config, name) < float("inf"):
+            raise ValueError(f"{name} must be a finite number > 0, got {getattr(config, name)!r}")
     for name, low, high, what in (("gamma", 0, 1, "(0, 1]: the factor of each decay"),
                                   ("label_smoothing", 0, 1, "[0, 1): epsilon of eq. (4)")):
         value = getattr(config, name)
@@ -137,6 +142,9 @@ def check_train_config(config: TrainConfig):
         if getattr(config, name) not in choices:
             raise ValueError(f"{name} must be one of {tuple(choices)}, got {getattr(config, name)!r}")
     check_input_size(config.model, config.height, config.width)
+    if config.warmup_epochs >= config.epochs > 1:
+        warnings.warn(f"warmup_epochs={config.warmup_epochs} is not shorter than the run (epochs={config.epochs}): the "
+                      f"learning rate never reaches lr={config.lr:g}")
 
 # %% ../nbs/06_train.ipynb #53a3c0d1
 def lr_at_epoch(epoch: int, config: TrainConfig) -> float:
@@ -402,15 +410,15 @@ def prepare_data(config: TrainConfig, rank: int = 0, world_size: int = 1, device
                  progress: bool = True):
     """The dataset of `config` and its loaders for process `rank` of `world_size`. The synthetic set is made if it is
     missing at `SYNTHETIC_ROOT`; at any other root a missing set is an error (a mistyped path makes nothing)."""
-    root = Path(config.root)
-    if config.dataset == "synthetic" and not root.exists():
+    root = Path(config.root) if config.dataset == "synthetic" else None
+    if root is not None and not root.exists():
         if root != Path(SYNTHETIC_ROOT):
             raise FileNotFoundError(f"no synthetic set at {root}: write one with deepminer-synth {root} (only the "
                                     f"default, {SYNTHETIC_ROOT}, is generated when missing)")
         if rank == 0:
             make_synthetic_reid(root, seed=0, progress=progress)
     barrier()                                   # the others wait for the main process's data
-    dataset = build_dataset(config.dataset, root)
+    dataset = build_dataset(config.dataset, config.root, **config.dataset_options)
     workers = config.num_workers if config.num_workers is not None else (4 if device.type == "cuda" else 0)
     augment = dict(flip_p=0.5, pad=10 if config.pad_crop else 0, erasing_p=0.5) if config.augment else \
         dict(flip_p=0, pad=0, erasing_p=0)
@@ -461,25 +469,24 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
 
 # %% ../nbs/06_train.ipynb #5ce08105
 def train(config: TrainConfig, output: str | Path, resume: bool = False, callbacks=(), progress: bool = True) -> dict:
-    """Train as `config` says, in the run folder `output` (config.json, log, checkpoint.pt, metrics.json); with
-    `resume`, continue from `output`/checkpoint.pt. Returns metrics.json's content."""
+    """Train as `config` says, in the run folder `output` (config.json, log, checkpoint.pt, metrics.json), held by
+    this run while it trains; with `resume`, continue from `output`/checkpoint.pt. Returns metrics.json's content."""
     output = Path(output)
-    state = open_run(output, resume)                      # None: a new run
-    if state is not None:
-        check_resume(output, TrainConfig.from_dict(state["config"]).to_dict(), config.to_dict())
-    trainer = Trainer(config, output, callbacks=callbacks, progress=progress)
-    if state is not None:
-        trainer.load_state_dict(state)
-    if trainer.is_main:  # under torchrun only the main process writes; config.json once the run can start
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        trainer.callbacks = sorted([LogFile(output / "log"), *trainer.callbacks], key=lambda c: c.order)
-    start = time.perf_counter()
-    metrics = trainer.fit()
-    result = {**metrics, "epochs": trainer.epoch, "train_seconds_this_process": round(time.perf_counter() - start, 1),
-              "history": trainer.history}
-    if trainer.is_main:
-        write_json(output / "metrics.json", result)
+    with run_folder(output, resume) as state:               # None: a new run
+        if state is not None:
+            check_resume(output, TrainConfig.from_dict(state["config"]).to_dict(), config.to_dict(), state["epoch"])
+        trainer = Trainer(config, output, callbacks=callbacks, progress=progress)
+        if state is not None:
+            trainer.load_state_dict(state)
+        if trainer.is_main:  # under torchrun only the main process writes; config.json once the run can start
+            write_json(output / "config.json", config.to_dict())
+            trainer.callbacks = sorted([LogFile(output / "log"), *trainer.callbacks], key=lambda c: c.order)
+        start = time.perf_counter()
+        metrics = trainer.fit()
+        result = {**metrics, "epochs": trainer.epoch, "train_seconds_this_process": round(time.perf_counter() - start, 1),
+                  "history": trainer.history}
+        if trainer.is_main:
+            write_json(output / "metrics.json", result)
     return result
 
 # %% ../nbs/06_train.ipynb #93ecca66
@@ -489,33 +496,37 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     if "model" not in state or "config" not in state:
         raise ValueError(f"{checkpoint} is not a deepminer training checkpoint (it lacks 'model' or 'config')")
     config = TrainConfig.from_dict(state["config"])
-    num_classes = state["model"]["heads.global.classifier.weight"].shape[0]
-    model = DeepMiner(num_classes, config.model, pretrained=False, backbone_weights=None)  # the weights come next
-    model.load_state_dict(state["model"])
+    classifier = state["model"].get("heads.global.classifier.weight") if isinstance(state["model"], dict) else None
+    if not isinstance(classifier, torch.Tensor) or classifier.dim() != 2:
+        raise ValueError(f"{checkpoint} is not a deepminer training checkpoint (its weights lack the G-branch's classifier)")
+    model = DeepMiner(classifier.shape[0], config.model, pretrained=False, backbone_weights=None)  # the weights come next
+    load_weights(model, state["model"], checkpoint)
     return model.to(device).eval(), config
 
 # %% ../nbs/06_train.ipynb #f0b3f884
 def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root: str | Path | None = None,
                         flip: bool = False, rerank: bool = False, normalize: str = "none", metric: str = "euclidean",
                         plots_dir: str | Path | None = None, batch_size: int = 128, device: str = "auto",
-                        progress: bool = True, bad_images: str = "raise", branches: Sequence[str] | None = None
-                        ) -> dict[str, float]:
-    """mAP, mINP and Rank-1/5/10 (percent) of the model in `checkpoint` on the query/gallery of `dataset` at `root`
-    (default: those it was trained on), at the training resolution; see `deepminer.evaluate.evaluate`. `bad_images`:
-    as in `ReIDImages` ('skip' leaves unreadable test images out, with a warning that counts them); `branches`: score
-    the descriptor of these branches only."""
+                        progress: bool = True, bad_images: str = "raise", branches: Sequence[str] | None = None,
+                        dataset_options: dict | None = None, num_workers: int = 0) -> dict:
+    """mAP, mINP and Rank-1/5/10 (percent), and `data` (which set, where), of the model in `checkpoint` on the query/gallery of `dataset` at `root`
+    with the reader's `dataset_options` (default: those it was trained on), at the training resolution; see
+    `deepminer.evaluate.evaluate`. `bad_images`: as in `ReIDImages` ('skip' leaves unreadable test images out, with a
+    warning that counts them); `branches`: score the descriptor of these branches only; `num_workers`: image loading
+    processes."""
     device = pick_device(device)
     model, config = load_model(checkpoint, device)
-    data = build_dataset(dataset or config.dataset, root or config.root)
+    options = config.dataset_options if dataset is None and dataset_options is None else dataset_options or {}
+    data = build_dataset(dataset or config.dataset, root or config.root, **options)
     transform = build_transforms(config.height, config.width, train=False)
     query, gallery = (ReIDImages(records, transform, bad_images=bad_images) for records in (data.query, data.gallery))
-    loaders = [DataLoader(images, batch_size=batch_size) for images in (query, gallery)]
+    loaders = [DataLoader(images, batch_size=batch_size, num_workers=num_workers) for images in (query, gallery)]
     run = evaluate_distances(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank,
                              device=device, progress=progress, branches=branches)
     if plots_dir is not None:
         save_evaluation_plots(plots_dir, run.distmat, run.query.pids, run.gallery.pids, run.query.camids,
                               run.gallery.camids, run.metrics, [r.path for r in query.records], [r.path for r in gallery.records])
-    return run.metrics.as_dict()
+    return {**run.metrics.as_dict(), "data": f"{data.name} at {Path(data.root).resolve() if isinstance(data.root, (str, Path)) else data.root}"}
 
 # %% ../nbs/06_train.ipynb #be44b824
 CPU_EPOCHS = 20

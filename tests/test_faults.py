@@ -22,7 +22,7 @@ from deepminer.synthetic import make_synthetic_reid
 from deepminer.train import load_checkpoint
 
 TINY = dict(seed=0, train_ids=6, test_ids=4, cameras=3, distractors=3, junk=2)   # the synthetic set's sizes
-TINY_FLAGS = ["--no-baseline", "--quiet", "--P", "3", "--K", "2", "--height", "64", "--width", "32",
+TINY_FLAGS = ["--no-baseline", "--quiet", "--P", "3", "--K", "2", "--height", "64", "--width", "32", "--warmup-epochs", "0",
               "--backbone", "resnet18", "--ie-after", "--no-local", "--no-sam", "--no-cham"]
 # the last four: the global branch alone, for speed (a 134 MB checkpoint instead of Deep Miner's 463 MB, written and
 # fsynced at every epoch); nothing tested here depends on the branches
@@ -122,6 +122,8 @@ def write_not_a_checkpoint(path: Path, kind: str, trained: Path):
     if kind == "truncated":
         with open(trained / "checkpoint.pt", "rb") as f:
             path.write_bytes(f.read(1000))
+    elif kind == "empty":
+        path.write_bytes(b"")
     else:
         marker = path.parent / "the-pickled-code-ran"     # must never appear: the case's folder is watched
         content = {"tensor": torch.zeros(3), "dict": {"a": 1},
@@ -309,13 +311,6 @@ def weights_text_file(folder, root, trained):
     return train_refusal("--backbone-weights", folder / "weights.txt")(folder, root, trained)
 
 
-def holds_a_config(folder, root, trained):
-    "deepminer-train into a folder that holds only config.json: a run that crashed before its first checkpoint."
-    (folder / "run").mkdir()
-    shutil.copy(trained / "config.json", folder / "run")
-    return "train", train_args(root, folder / "run"), {}, [root]
-
-
 def user_files(folder, root, trained):
     (folder / "mine").mkdir()
     (folder / "mine" / "notes.txt").write_text("my notes\n")
@@ -346,6 +341,26 @@ def resume_on_a_copy_that_lost_an_identity(folder, root, trained):
     return "train", [*train_args(folder / "set", copy_run(trained, folder / "run"), 2), "--resume"], {}, []
 
 
+def tampered(kind: str, command: str):
+    "A command that reads a copy of the trained run whose checkpoint was changed by hand (`kind`)."
+    def setup(folder, root, trained):
+        out = copy_run(trained, folder / "run")
+        state = load_checkpoint(out / "checkpoint.pt")
+        if kind == "epoch 1000":
+            state["epoch"] = 1000
+        elif kind == "other model":
+            state["config"]["model"]["ie_after"] = [3]        # the weights have no IE branch
+        elif kind == "missing weight":
+            del state["model"]["heads.global.bn.weight"]
+        elif kind == "no config":
+            del state["config"]
+        torch.save(state, out / "checkpoint.pt")
+        args = {"train --resume": [*train_args(root, out, 2), "--resume"],
+                "eval": ["--checkpoint", out / "checkpoint.pt", "--quiet"]}[command]
+        return command.split()[0], args, {}, [root]
+    return setup
+
+
 HIDE_ONNX = "import sys; sys.modules['onnx'] = None; sys.modules['onnxscript'] = None; "
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
@@ -353,7 +368,19 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 REFUSALS = {  # case id -> (setup, needles[, marks])
     # deepminer-train: bad options, refused before training
     "train --gamma -1": (train_refusal("--gamma", "-1"), ["gamma"]),
-    "train --lr 0": (train_refusal("--lr", "0"), ["lr must be > 0"]),
+    "train --lr 0": (train_refusal("--lr", "0"), ["lr must be a finite number > 0"]),
+    "train --lr inf": (train_refusal("--lr", "inf"), ["lr must be a finite number > 0, got inf"]),
+    "train --K 1": (train_refusal("--K", "1"), ["K must be an integer >= 2"]),
+    "train --no-augment --pad-crop": (train_refusal("--no-augment", "--pad-crop"), ["--pad-crop", "--no-augment"]),
+    "train --config MISSING": (train_refusal("--config", "/missing.json"), ["--config: no file at /missing.json"]),
+    "train --config NOT-UTF-8": (lambda folder, root, trained: (
+        (folder / "c.json").write_bytes(b"\xff\xfe{"), train_refusal("--config", folder / "c.json")(folder, root, trained))[1],
+        ["cannot be read as JSON"]),
+    "train --config and --recipe": (lambda folder, root, trained: train_refusal(
+        "--config", trained / "config.json", "--recipe", "cpu")(folder, root, trained), ["choose one"]),
+    "train --backbone-weights EMPTY": (lambda folder, root, trained: (
+        (folder / "w.pth").write_bytes(b""), train_refusal("--backbone-weights", folder / "w.pth")(folder, root, trained))[1],
+        ["cannot be read as PyTorch weights"]),
     "train --label-smoothing 1": (train_refusal("--label-smoothing", "1"), ["label_smoothing"]),
     "train --milestones 5 3": (train_refusal("--milestones", "5", "3"), ["milestones"]),
     "train --num-workers -1": (train_refusal("--num-workers", "-1"), ["num_workers"]),
@@ -370,13 +397,19 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     # deepminer-train: a run folder is never overwritten, nor resumed on another set
     "train into a run folder": (lambda folder, root, trained: ("train", train_args(root, trained), {}, [root, trained]),
                                 ["already holds a run"]),
-    "train into a crashed run's folder": (holds_a_config, ["already holds a run (config.json)"]),
+    "train --resume a finished run with fewer epochs": (lambda folder, root, trained: (
+        "train", [*train_args(root, copy_run(trained, folder / "run"), 1), "--resume"], {}, [root]),
+        ["has trained 1 epochs already"]),
+    "train --resume a checkpoint that says epoch 1000": (tampered("epoch 1000", "train --resume"), ["finished epoch 1000"]),
+    "eval a checkpoint of another model": (tampered("other model", "eval"), ["does not hold this model's weights"]),
+    "eval a checkpoint with a missing weight": (tampered("missing weight", "eval"), ["1 missing"]),
+    "eval a checkpoint without a config": (tampered("no config", "eval"), ["not a deepminer training checkpoint"]),
     "train --resume on a copy that lost an identity": (resume_on_a_copy_that_lost_an_identity, ["cannot resume"]),
     # checkpoints that are not one
     **{f"{command} reads a {kind} checkpoint": (not_a_checkpoint(kind, command), ["checkpoint.pt"] + (
         ["cannot be read as a checkpoint"] if kind == "truncated" else [])) for kind, command in (
         ("truncated", "train --resume"), ("truncated", "eval"), ("truncated", "export"), ("tensor", "eval"),
-        ("pickled code", "train --resume"))},
+        ("pickled code", "train --resume"), ("empty", "eval"), ("empty", "export"), ("empty", "train --resume"))},
     "train --resume reads a dict checkpoint": (
         not_a_checkpoint("dict", "train --resume"), ["not a deepminer-train checkpoint"]),
     # deepminer-eval
@@ -385,6 +418,16 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
         ["is a run folder"]),
     "eval --output a folder with files": (user_files, ["already holds files", "--replace"]),
     # deepminer-export
+    "eval --config with an unknown setting": (lambda folder, root, trained: (
+        (folder / "e.json").write_text('{"flipp": true}'),
+        ("eval", ["--checkpoint", trained / "checkpoint.pt", "--config", folder / "e.json", "--quiet"], {}, [trained]))[1],
+        ["flipp name no option"]),
+    "export --output the run's checkpoint": (lambda folder, root, trained: (
+        "export", ["--checkpoint", trained / "checkpoint.pt", "--output", trained / "checkpoint.pt"], {}, [trained]),
+        ["never replaces one"]),
+    "export --format torchscript --output x.onnx": (lambda folder, root, trained: (
+        "export", ["--checkpoint", trained / "checkpoint.pt", "--format", "torchscript", "--output", folder / "x.onnx"],
+        {}, [trained]), ["the onnx suffix"]),
     "export --atol -1": (lambda folder, root, trained: (
         "export", ["--checkpoint", trained / "checkpoint.pt", "--atol", "-1"], {}, [trained]), ["--atol"]),
     "export --format onnx without onnx": (lambda folder, root, trained: (
@@ -430,3 +473,112 @@ def test_refused_in_one_line(refusals, case):
     one_line_error(future.result(), 2, *needles)
     for folder, files in before.items():
         assert snapshot(folder) == files, f"{folder} changed"
+
+
+# ------------------------------------------------------------------ two commands on one folder; folders a crash left
+
+def start(script: str, *args, cwd: Path) -> subprocess.Popen:
+    "Start console script `deepminer-<script>` in the background (see `run`)."
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEEPMINER_FAULT", "DEEPMINER_DEBUG")}
+    code = f"from deepminer.cli import {script}_main; {script}_main()"
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean, cwd=cwd)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240):
+    "Wait until `path` exists (the first command holds its folder), failing if `process` ends first."
+    import time
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_two_trainings_into_one_folder(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    first = start("train", *train_args(tiny_set, out, 2), cwd=tmp_path)
+    wait_for(out / ".deepminer.lock", first)
+    second = run("train", *train_args(tiny_set, out, 1, "--seed", "5"))
+    one_line_error(second, 2, f"{out} is in use by process {first.pid} (deepminer-train")
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert '"seed": 0' in (out / "config.json").read_text()                  # the config of the run that ran
+    assert not (out / ".deepminer.lock").exists()
+
+
+def test_two_evaluations_into_one_folder_and_default_folders(trained, tmp_path):
+    first = start("eval", "--checkpoint", trained / "checkpoint.pt", "--output", tmp_path / "ev", "--quiet", cwd=tmp_path)
+    wait_for(tmp_path / "ev" / ".deepminer.lock", first)
+    second = run("eval", "--checkpoint", trained / "checkpoint.pt", "--output", tmp_path / "ev", "--quiet")
+    one_line_error(second, 2, "is in use by process")
+    assert first.communicate(timeout=300) and first.returncode == 0
+    from concurrent.futures import ThreadPoolExecutor as Pool
+    from deepminer.folders import new_folder
+    with Pool(8) as pool:                                                     # eight commands in the same second
+        names = list(pool.map(lambda _: new_folder(tmp_path / "runs" / "synthetic-20261203-120000"), range(8)))
+    assert len(set(names)) == 8
+
+
+def test_two_synths_of_one_root(tmp_path):
+    first = start("synth", tmp_path / "set", *SYNTH_SIZES, cwd=tmp_path)
+    wait_for(tmp_path / ".set.lock", first)
+    second = run("synth", tmp_path / "set", *SYNTH_SIZES)
+    one_line_error(second, 2, "is in use by process")
+    assert first.communicate(timeout=300) and first.returncode == 0
+    succeeded(run("synth", tmp_path / "set", *SYNTH_SIZES))                   # complete: nothing to redo
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_a_run_that_crashed_before_its_checkpoint_can_be_reused_or_resumed(tiny_set, trained, tmp_path):
+    for resume in ([], ["--resume"]):
+        out = tmp_path / f"run{len(resume)}"
+        out.mkdir()
+        shutil.copy(trained / "config.json", out)                              # all a crash in epoch 1 leaves
+        result = run("train", *train_args(tiny_set, out), *resume)
+        succeeded(result)
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+        assert ("holds no checkpoint" in result.stderr) == bool(resume)
+
+
+# ------------------------------------------------------------------ silent before, said now
+
+def test_a_warm_up_longer_than_the_run_is_warned(tiny_set, tmp_path):
+    result = run("train", *train_args(tiny_set, tmp_path / "run", 1, "--warmup-epochs", "3"))
+    succeeded(result)
+    assert "deepminer-train: warning: warmup_epochs=3 is not shorter than the run" in result.stderr
+
+
+def test_eval_names_the_set_it_scored(trained, tmp_path):
+    result = run("eval", "--checkpoint", trained / "checkpoint.pt", "--quiet")
+    succeeded(result)
+    assert f"at {Path(load_checkpoint(trained / 'checkpoint.pt')['config']['root']).resolve()}:" in result.stdout
+
+
+def test_a_zero_byte_image_in_a_worker_is_one_line(tiny_set, tmp_path):
+    root = copy_set(tiny_set, tmp_path / "set")
+    image = first_training_image(root)
+    image.write_bytes(b"")
+    result = run("train", *train_args(root, tmp_path / "run", 1, "--num-workers", "1"))
+    line = one_line_error(result, 2, image.name)
+    assert "worker" not in line.lower()
+
+
+def test_a_csv_that_is_not_utf8_is_named(tmp_path):
+    root = tmp_path / "custom"
+    root.mkdir()
+    for split in ("train", "query", "gallery"):
+        (root / f"{split}.csv").write_bytes("path,pid,camid\nb\xe9b\xe9.jpg,1,1\n".encode("latin-1"))
+    one_line_error(run("train", "--dataset", "custom", "--root", root, "--epochs", "1", *TINY_FLAGS), 2,
+                   "train.csv is not UTF-8")
+
+
+def test_config_reproduces_a_run(tiny_set, trained, tmp_path):
+    result = run("train", "--config", trained / "config.json", "--output", tmp_path / "again", "--no-baseline", "--quiet")
+    succeeded(result)
+    import json
+    old, new = (json.loads((folder / "metrics.json").read_text()) for folder in (trained, tmp_path / "again"))
+    assert (trained / "config.json").read_text() == (tmp_path / "again" / "config.json").read_text()
+    for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
+        assert new[key] == old[key], key
+    assert [h["loss"] for h in new["history"]] == [h["loss"] for h in old["history"]]
