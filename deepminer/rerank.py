@@ -179,7 +179,7 @@ def _reciprocal(nn: torch.Tensor, k: int, blocks: Sequence[tuple[int, int]]) -> 
     return near, torch.cat([(near[near[a:b]] == ids[a:b, None, None]).any(-1) for a, b in blocks])   # (N, k)
 
 # %% ../nbs/07b_rerank.ipynb #f32bddb3
-def _encode(original: _Distances, near1: torch.Tensor, recip1: torch.Tensor, near_h: torch.Tensor,
+def _encode(original: _Distances | _FeatureDistances, near1: torch.Tensor, recip1: torch.Tensor, near_h: torch.Tensor,
             recip_h: torch.Tensor, blocks: Sequence[tuple[int, int]]
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 3–4: the expanded sets R*(i) and their Gaussian weights, from the k1 + 1 nearest `near1` (N, K1) with

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deepminer.evaluate as evaluate_module
+import deepminer.rerank as rerank_module
 from deepminer.evaluate import compute_distance, evaluate_distances
 from deepminer.rerank import re_ranking, re_ranking_block, re_ranking_features, re_ranking_memory
 
@@ -86,6 +87,7 @@ def test_features_path_allocates_nothing_gallery_by_gallery(metric):
 
 # --------------------------------------------------------------------------------------------- the bound
 def test_the_bound_counts_the_features_path():
+    assert rerank_module._METRICS == evaluate_module.METRICS                  # the same metrics on both paths
     for Q, G, k1, k2, rows, D in [(12, 60, 6, 3, 3, 5), (3368, 15913, 20, 6, 100, 2048), (11659, 82161, 20, 6, 1, 14336)]:
         plain = re_ranking_memory(Q, G, k1, k2, rows=rows)
         assert re_ranking_memory(Q, G, k1, k2, rows=rows, dim=D) == plain + (Q + G) * 2 * 4 + rows * 3 * D * 4
