@@ -188,6 +188,7 @@ class Checkpointing(RunState):
             if self.is_main:
                 save_checkpoint(self.checkpoint_path, state)
             barrier()
+            self._call("on_checkpoint", self.checkpoint_path)   # e.g. keep a copy (deepminer.logbook)
 
     def kept(self) -> str:
         "What a run that stops now leaves behind: its last checkpoint, if any."

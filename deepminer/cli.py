@@ -25,6 +25,7 @@ from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
 from .losses import CENTER_REDUCTIONS
 from .data import BAD_IMAGE_POLICIES, DATASETS, parse_dataset_options
 from .checkpoint import write_json
+from .logbook import KeepCheckpoints, TensorBoardLog
 from .folders import folder_files, hold_folder, new_folder
 from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate_checkpoint,
                              format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train,
@@ -304,6 +305,12 @@ def train_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
                           help="also train the global-only baseline with the same settings (default for the synthetic set)")
     baseline.add_argument("--no-baseline", dest="baseline", action="store_false", help="train Deep Miner only")
+    parser.add_argument("--tensorboard", action="store_true", help="log losses per branch, lr, evaluations and Figure 2 "
+                        "to RUN/tensorboard (tensorboard --logdir RUN; needs pip install tensorboard)")
+    parser.add_argument("--keep", type=int, default=0, metavar="N", help="also keep the last N epochs' checkpoints, "
+                        "RUN/checkpoint-epochNNN.pt (default: %(default)s)")
+    parser.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the checkpoint of the best evaluation by mAP as RUN/best.pt (default: on)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return add_model_arguments(_add_train_arguments(parser), defaults=None)
 
@@ -316,7 +323,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config and args.recipe:
         raise ValueError("--config and --recipe both give the settings to start from: choose one")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in
-             ("recipe", "show_config", "output", "resume", "baseline", "quiet", "config", "dataset_option")}
+             ("recipe", "show_config", "output", "resume", "baseline", "quiet", "config", "dataset_option",
+              "tensorboard", "keep", "keep_best")}
     if "dataset" in given:
         given["dataset"] = "+".join(args.dataset)
     if args.dataset_option is not None:
@@ -346,6 +354,7 @@ def train_main(argv: list[str] | None = None) -> None:
     if args.show_config:
         print(format_recipe_table(config))
         return
+    callbacks = [KeepCheckpoints(args.keep_best, args.keep), *([TensorBoardLog()] if args.tensorboard else [])]
     rank, world_size, _ = init_distributed(config.device)   # under torchrun; (0, 1, 0) otherwise
     if args.output is None:    # a new folder, claimed by creating it (two commands started at once get two)
         output = Path(broadcast_object(str(new_folder(f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")) if rank == 0 else None))
@@ -365,12 +374,14 @@ def train_main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         if with_baseline:
-            results = train_with_baseline(config, output, resume=args.resume, progress=not args.quiet)
+            results = train_with_baseline(config, output, args.resume, callbacks, progress=not args.quiet)
         else:
-            results = {"Deep Miner": train(config, output, resume=args.resume, progress=not args.quiet)}
+            results = {"Deep Miner": train(config, output, args.resume, callbacks, progress=not args.quiet)}
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
+        if args.output is None and rank == 0 and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()                                     # a run that wrote nothing leaves no folder
     if rank != 0:
         return
     print(f"\n{format_comparison(results)}\n\n(equal epochs; total wall time {time.perf_counter() - start:.0f} s; "

@@ -21,6 +21,7 @@ from torchvision import transforms as T
 
 import deepminer
 from .data import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image
+from .checkpoint import fault_point
 from .evaluate import branch_columns
 from .model import DeepMiner, model_device
 from .train import load_model
@@ -252,6 +253,7 @@ def export_model(model: DeepMiner, path: str | Path, format: str | None = None, 
                 _export_onnx(module, example, temporary, metadata, opset)
             else:
                 _export_torchscript(module, example, temporary, metadata)
+            fault_point("export-written")                                      # tests stop an export here
             diff = _largest_difference(module, temporary, format, check_batch_sizes, height, width, generator)
         if not diff <= atol:
             raise RuntimeError(f"{path}: the exported {format} model differs from PyTorch by up to {diff:.3g} (> atol={atol})")

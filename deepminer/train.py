@@ -129,6 +129,9 @@ def check_train_config(config: TrainConfig):
     for name in ("weight_decay", "center_weight"):
         if not getattr(config, name) >= 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    if config.height > 4096 or config.width > 4096:
+        raise ValueError(f"height and width must be at most 4096 pixels (re-ID crops are resized to a few hundred), "
+                         f"got {config.height}x{config.width}")
     m = config.milestones
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
@@ -188,6 +191,7 @@ class Callback:
     def on_batch_end(self, trainer, logs: dict): pass     # logs: 'loss' and the loss terms (tensors), 'lr'
     def on_epoch_end(self, trainer, logs: dict): pass     # logs: the epoch's entry of trainer.history
     def on_evaluate(self, trainer, metrics: dict): pass   # metrics: mAP, rank1, … in percent
+    def on_checkpoint(self, trainer, path: Path): pass    # the run's checkpoint was just written to `path`
     def on_train_end(self, trainer): pass
 
 # %% ../nbs/06_train.ipynb #239d0658

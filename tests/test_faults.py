@@ -371,6 +371,11 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     "train --lr 0": (train_refusal("--lr", "0"), ["lr must be a finite number > 0"]),
     "train --lr inf": (train_refusal("--lr", "inf"), ["lr must be a finite number > 0, got inf"]),
     "train --K 1": (train_refusal("--K", "1"), ["K must be an integer >= 2"]),
+    "train --keep -1": (train_refusal("--keep", "-1"), ["keep must be an integer >= 0"]),
+    "train --height 20000": (train_refusal("--height", "20000"), ["at most 4096 pixels", "20000x32"]),
+    "train --tensorboard without tensorboard": (lambda folder, root, trained: (
+        "train", [*train_args(root, folder / "run"), "--tensorboard"],
+        {"prelude": "import sys; sys.modules['tensorboard'] = None; "}, [root]), ["pip install tensorboard"]),
     "train --no-augment --pad-crop": (train_refusal("--no-augment", "--pad-crop"), ["--pad-crop", "--no-augment"]),
     "train --config MISSING": (train_refusal("--config", "/missing.json"), ["--config: no file at /missing.json"]),
     "train --config NOT-UTF-8": (lambda folder, root, trained: (
@@ -437,6 +442,8 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     "synth into a folder with other files": (not_synthetic, ["not a deepminer synthetic set"]),
     "synth into /dev/null/x": (lambda folder, root, trained: ("synth", ["/dev/null/x", *SYNTH_SIZES], {}, []),
                                ["/dev/null"]),
+    "synth --height 20000": (lambda folder, root, trained: ("synth", [folder / "set", "--height", "20000", *SYNTH_SIZES],
+                                                            {}, []), ["2048x1024", "20000x"]),
     "summary --height 16": (lambda folder, root, trained: (
         "summary", ["--height", "16", "--backbone", "resnet18"], {}, []), ["too small"]),
     "ablate a mistyped root": (lambda folder, root, trained: (   # baseline: a variant deepminer-ablate --list names
@@ -497,7 +504,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240):
 
 def test_two_trainings_into_one_folder(tiny_set, tmp_path):
     out = tmp_path / "run"
-    first = start("train", *train_args(tiny_set, out, 2), cwd=tmp_path)
+    first = start("train", *train_args(tiny_set, out, 4), cwd=tmp_path)
     wait_for(out / ".deepminer.lock", first)
     second = run("train", *train_args(tiny_set, out, 1, "--seed", "5"))
     one_line_error(second, 2, f"{out} is in use by process {first.pid} (deepminer-train")
@@ -507,27 +514,25 @@ def test_two_trainings_into_one_folder(tiny_set, tmp_path):
     assert not (out / ".deepminer.lock").exists()
 
 
-def test_two_evaluations_into_one_folder_and_default_folders(trained, tmp_path):
-    first = start("eval", "--checkpoint", trained / "checkpoint.pt", "--output", tmp_path / "ev", "--quiet", cwd=tmp_path)
-    wait_for(tmp_path / "ev" / ".deepminer.lock", first)
-    second = run("eval", "--checkpoint", trained / "checkpoint.pt", "--output", tmp_path / "ev", "--quiet")
-    one_line_error(second, 2, "is in use by process")
-    assert first.communicate(timeout=300) and first.returncode == 0
+def test_an_evaluation_into_a_held_folder_and_default_folders(trained, tmp_path):
     from concurrent.futures import ThreadPoolExecutor as Pool
-    from deepminer.folders import new_folder
+    from deepminer.folders import hold_folder, new_folder
+    with hold_folder(tmp_path / "ev", "deepminer-eval"):                       # another process holds it (this one)
+        second = run("eval", "--checkpoint", trained / "checkpoint.pt", "--output", tmp_path / "ev", "--quiet")
+    one_line_error(second, 2, f"is in use by process {os.getpid()} (deepminer-eval")
+    assert not (tmp_path / "ev").exists()                                     # nothing was written
     with Pool(8) as pool:                                                     # eight commands in the same second
         names = list(pool.map(lambda _: new_folder(tmp_path / "runs" / "synthetic-20261203-120000"), range(8)))
     assert len(set(names)) == 8
 
 
-def test_two_synths_of_one_root(tmp_path):
-    first = start("synth", tmp_path / "set", *SYNTH_SIZES, cwd=tmp_path)
-    wait_for(tmp_path / ".set.lock", first)
-    second = run("synth", tmp_path / "set", *SYNTH_SIZES)
-    one_line_error(second, 2, "is in use by process")
-    assert first.communicate(timeout=300) and first.returncode == 0
-    succeeded(run("synth", tmp_path / "set", *SYNTH_SIZES))                   # complete: nothing to redo
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+def test_a_synthetic_root_being_written_is_refused(tmp_path):
+    from deepminer.folders import hold
+    with hold(tmp_path / ".set.lock", str(tmp_path / "set"), "deepminer-synth"):
+        second = run("synth", tmp_path / "set", *SYNTH_SIZES)
+    one_line_error(second, 2, f"is in use by process {os.getpid()} (deepminer-synth")
+    succeeded(run("synth", tmp_path / "set", *SYNTH_SIZES))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]              # no lock or partial folder left
 
 
 def test_a_run_that_crashed_before_its_checkpoint_can_be_reused_or_resumed(tiny_set, trained, tmp_path):
@@ -582,3 +587,18 @@ def test_config_reproduces_a_run(tiny_set, trained, tmp_path):
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
         assert new[key] == old[key], key
     assert [h["loss"] for h in new["history"]] == [h["loss"] for h in old["history"]]
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "error"])
+def test_an_export_stopped_before_its_check_leaves_the_earlier_export(trained, tmp_path, fault):
+    out = copy_run(trained, tmp_path / "run")
+    export = ["--checkpoint", out / "checkpoint.pt", "--output", out / "model.torchscript.pt"]
+    succeeded(run("export", *export))
+    before = snapshot(out)
+    result = run("export", *export, env={"DEEPMINER_FAULT": f"{fault}@export-written"})
+    if fault == "sigkill":
+        assert result.returncode == -9, result.stderr
+    else:
+        one_line_error(result, 2, "a fault injected at export-written")
+        assert not list(out.glob(".model.torchscript.pt.*.tmp"))              # the temporary file is removed
+    unchanged(before, out)                                                    # the earlier export is intact
