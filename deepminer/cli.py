@@ -404,6 +404,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="read these options from FILE (JSON or YAML, e.g. the metrics.json "
                         "of an earlier evaluation); the flags given override them")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017, k1=20, k2=6, lambda=0.3)")
+    parser.add_argument("--rerank-memory-gb", type=float, default=4.0, metavar="GB", help="the re-ranking's memory bound, "
+                        "GiB besides the query x gallery distances (default: %(default)s; MSMT17 needs about 10)")
     parser.add_argument("--flip", action="store_true", help="average each image's features with its mirror image's")
     parser.add_argument("--normalize", choices=["none", "branch", "all"], default="none",
                         help="L2-normalize the features: not at all, per branch, or the whole vector (default: %(default)s)")
@@ -467,7 +469,8 @@ def eval_main(argv: list[str] | None = None) -> None:
         metrics = evaluate_checkpoint(args.checkpoint, args.dataset, root, flip=args.flip, rerank=args.rerank,
                                       normalize=args.normalize, metric=args.metric, plots_dir=output, batch_size=args.batch_size,
                                       device=args.device, progress=not args.quiet, bad_images=args.bad_images,
-                                      branches=args.branches, dataset_options=options, num_workers=args.num_workers)
+                                      branches=args.branches, dataset_options=options, num_workers=args.num_workers,
+                                      max_memory_gb=args.rerank_memory_gb)
         settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace", "config", "output")}
         write_json(output / "metrics.json", {**metrics, **settings})
     print(f"{metrics['data']}: " + "  ".join(f"{name} {metrics[key]:.1f}" for key, name in

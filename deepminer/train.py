@@ -30,11 +30,12 @@ from .synthetic import make_synthetic_reid
 
 # %% auto #0
 __all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE', 'DataSettings', 'DeviceSettings',
-           'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'CancelBatch', 'CancelEpoch', 'CancelFit',
-           'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps', 'TrainingDiverged', 'EpochTotals',
-           'TrainingEpoch', 'TrainingLoop', 'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model',
-           'evaluate_checkpoint', 'recipe', 'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures',
-           'format_recipe_table', 'baseline_config', 'train_with_baseline', 'format_comparison', 'plot_history']
+           'OptimSettings', 'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'CancelBatch',
+           'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
+           'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop', 'make_optimizers', 'prepare_data',
+           'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting', 'show_setting',
+           'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config', 'train_with_baseline',
+           'format_comparison', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -61,13 +62,11 @@ class DeviceSettings:
     cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
-# %% ../nbs/06_train.ipynb #fe3c3ebc
+# %% ../nbs/06_train.ipynb #c00a5a1c
 @dataclass
-class TrainConfig(DeviceSettings, DataSettings):
-    """Every setting of a run: the data, the device, the network (`model`, a `DeepMinerConfig` or a dict of its fields)
-    and the optimisation. Defaults: the `strong` recipe without ImageNet weights; `recipe(name)` makes the others."""
-    model: DeepMinerConfig = field(default_factory=DeepMinerConfig)   # the network (04_model)
-    epochs: int = 120                     # optimisation
+class OptimSettings:
+    "The optimisation side of a `TrainConfig`: epochs, the learning-rate schedule, the optimizers and the losses."
+    epochs: int = 120
     lr: float = 3.5e-4
     warmup_epochs: int = 10
     warmup_start_lr: float = 3.5e-5
@@ -79,6 +78,13 @@ class TrainConfig(DeviceSettings, DataSettings):
     label_smoothing: float = 0.1          # epsilon of eq. (4)
     triplet_reduction: str = "mean"       # eq. (5) over the batch: "mean" (Bag of Tricks) or "sum" (as written)
     center_reduction: str = "mean"        # eq. (6) over the batch: "mean" (Bag of Tricks) or "half_sum" (as written)
+
+# %% ../nbs/06_train.ipynb #fe3c3ebc
+@dataclass
+class TrainConfig(OptimSettings, DeviceSettings, DataSettings):
+    """Every setting of a run: the data, the device, the optimisation, the network (`model`, a `DeepMinerConfig` or a
+    dict of its fields) and the evaluation. Defaults: the `strong` recipe without ImageNet weights; `recipe(name)` makes the others."""
+    model: DeepMinerConfig = field(default_factory=DeepMinerConfig)   # the network (04_model)
     eval_every: int = 10                  # evaluate every N epochs (0: only at the end)
     eval_flip: bool = False
     seed: int = 0
@@ -91,11 +97,9 @@ class TrainConfig(DeviceSettings, DataSettings):
         check_train_config(self)
 
     def to_dict(self) -> dict:
-        "A JSON-compatible dict (tuples become lists, the model a dict of its own)."
+        "A JSON-compatible dict (tuples become lists, the model a dict of its own; no dataset_options when empty)."
         d = {**asdict(self), "milestones": list(self.milestones), "model": self.model.to_dict()}
-        if not d["dataset_options"]:   # left out when empty, as in configs written before it existed
-            del d["dataset_options"]
-        return d
+        return {k: v for k, v in d.items() if k != "dataset_options" or v}   # as configs written before it existed
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -116,8 +120,9 @@ def check_train_config(config: TrainConfig):
         raise ValueError(f"model must be a DeepMinerConfig or a dict of its fields, got {config.model!r}")
     for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
         value, least = getattr(config, name), {"warmup_epochs": 0, "K": 2}.get(name, 1)  # K: a positive pair per person
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        most = 4096 if name in ("height", "width") else None                             # pixels; re-ID crops are small
+        if isinstance(value, bool) or not isinstance(value, int) or value < least or (most and value > most):
+            raise ValueError(f"{name} must be an integer >= {least}{f' and <= {most}' if most else ''}, got {value!r}")
     for name in ("lr", "warmup_start_lr", "center_lr"):
         if not 0 < getattr(config, name) < float("inf"):
             raise ValueError(f"{name} must be a finite number > 0, got {getattr(config, name)!r}")
@@ -129,9 +134,6 @@ def check_train_config(config: TrainConfig):
     for name in ("weight_decay", "center_weight"):
         if not getattr(config, name) >= 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
-    if config.height > 4096 or config.width > 4096:
-        raise ValueError(f"height and width must be at most 4096 pixels (re-ID crops are resized to a few hundred), "
-                         f"got {config.height}x{config.width}")
     m = config.milestones
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
@@ -145,7 +147,7 @@ def check_train_config(config: TrainConfig):
         if getattr(config, name) not in choices:
             raise ValueError(f"{name} must be one of {tuple(choices)}, got {getattr(config, name)!r}")
     check_input_size(config.model, config.height, config.width)
-    if config.warmup_epochs >= config.epochs > 1:
+    if config.warmup_epochs >= config.epochs:
         warnings.warn(f"warmup_epochs={config.warmup_epochs} is not shorter than the run (epochs={config.epochs}): the "
                       f"learning rate never reaches lr={config.lr:g}")
 
@@ -512,12 +514,13 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
                         flip: bool = False, rerank: bool = False, normalize: str = "none", metric: str = "euclidean",
                         plots_dir: str | Path | None = None, batch_size: int = 128, device: str = "auto",
                         progress: bool = True, bad_images: str = "raise", branches: Sequence[str] | None = None,
-                        dataset_options: dict | None = None, num_workers: int = 0) -> dict:
+                        dataset_options: dict | None = None, num_workers: int = 0,
+                        max_memory_gb: float = 4.0) -> dict:
     """mAP, mINP and Rank-1/5/10 (percent), and `data` (which set, where), of the model in `checkpoint` on the query/gallery of `dataset` at `root`
     with the reader's `dataset_options` (default: those it was trained on), at the training resolution; see
     `deepminer.evaluate.evaluate`. `bad_images`: as in `ReIDImages` ('skip' leaves unreadable test images out, with a
     warning that counts them); `branches`: score the descriptor of these branches only; `num_workers`: image loading
-    processes."""
+    processes; `max_memory_gb`: the re-ranking's memory bound."""
     device = pick_device(device)
     model, config = load_model(checkpoint, device)
     options = config.dataset_options if dataset is None and dataset_options is None else dataset_options or {}
@@ -526,7 +529,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
     query, gallery = (ReIDImages(records, transform, bad_images=bad_images) for records in (data.query, data.gallery))
     loaders = [DataLoader(images, batch_size=batch_size, num_workers=num_workers) for images in (query, gallery)]
     run = evaluate_distances(model, *loaders, flip=flip, normalize=normalize, metric=metric, rerank=rerank,
-                             device=device, progress=progress, branches=branches)
+                             device=device, progress=progress, branches=branches, max_memory_gb=max_memory_gb)
     if plots_dir is not None:
         save_evaluation_plots(plots_dir, run.distmat, run.query.pids, run.gallery.pids, run.query.camids,
                               run.gallery.camids, run.metrics, [r.path for r in query.records], [r.path for r in gallery.records])
