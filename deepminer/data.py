@@ -459,6 +459,8 @@ import numpy as np
 from scipy.io import loadmat
 from tqdm.auto import tqdm
 
+from .folders import hold
+
 # %% ../nbs/01a_datasets.ipynb #33f1f610
 CUHK03_MAT_FIELDS = ("filelist", "labels", "train_idx", "query_idx", "gallery_idx")
 
@@ -586,22 +588,6 @@ def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool
     return count
 
 # %% ../nbs/01a_datasets.ipynb #f2ff15a3
-@contextmanager
-def _exclusive(lock_path: Path):
-    "Hold an exclusive lock on the file `lock_path` while the block runs (no lock where fcntl is missing: Windows)."
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: bool = True) -> Path:
     """The folder `images` holding the `kind` ('labeled' or 'detected') images of the official cuhk-03.mat `raw`
     as PNG files, written on first use (atomically: into a temporary folder renamed when complete); `images`."""
@@ -610,7 +596,7 @@ def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: boo
         raise ValueError(f"CUHK03: kind must be one of {', '.join(CUHK03_KINDS)}, got {kind!r}")
     if images.is_dir():
         return images
-    with _exclusive(images.with_name(f".{images.name}.lock")):
+    with hold(images.with_name(f".{images.name}.lock"), str(images), "CUHK03 extraction", wait=True):   # 00b_folders
         if images.is_dir():                    # another process extracted them while this one waited
             return images
         partial = images.with_name(f".{images.name}.partial")

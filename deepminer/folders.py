@@ -27,13 +27,13 @@ class FolderInUse(OSError):
     "A folder (or file) another process holds: the message names the holder."
 
 
-def _lock(fd: int) -> bool:
-    "Take an exclusive lock on open file `fd` without waiting; False if another open file holds it."
+def _lock(fd: int, wait: bool = False) -> bool:
+    "Take an exclusive lock on open file `fd`, waiting for it with `wait`; False if another open file holds it."
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         else:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
         return True
     except OSError:
         return False
@@ -48,14 +48,15 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 @contextmanager
-def hold(lock_path: str | Path, what: str, command: str = "deepminer"):
+def hold(lock_path: str | Path, what: str, command: str = "deepminer", wait: bool = False):
     """Hold `lock_path` (created if missing, deleted on the way out) exclusively while the body runs, writing into it
     which process holds it and since when. If another process (or another `hold` in this one) has it, raise
-    `FolderInUse` naming `what` and that holder. The operating system releases the lock when the process ends."""
+    `FolderInUse` naming `what` and that holder — or, with `wait`, wait until it is free (for work that a second
+    command can then reuse, such as an extraction). The operating system releases the lock when the process ends."""
     lock_path = Path(lock_path)
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(fd):
+        if not _lock(fd, wait):
             holder = os.read(fd, 500).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise FolderInUse(f"{what} is in use by {holder}: wait for it to finish, or choose another folder")
