@@ -1,0 +1,47 @@
+"""Several training sets, cross-domain evaluation and CUHK03 from its official download, through the console scripts
+(each in a subprocess, on sets the tests write)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepminer.synthetic import make_synthetic_reid
+from test_datasets_real import write_release
+
+TINY = dict(train_ids=6, test_ids=4, cameras=3, distractors=3, junk=2, progress=False)
+FLAGS = ["--recipe", "cpu", "--no-baseline", "--quiet", "--epochs", "1", "--P", "3", "--K", "2", "--warmup-epochs", "0",
+         "--backbone", "resnet18", "--ie-after", "3", "--no-local", "--no-sam", "--no-cham"]
+
+
+def run(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    code = f"from deepminer.cli import {script}_main; {script}_main()"
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                            timeout=900)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_two_sets_together_then_a_third_cross_domain(tmp_path):
+    a, b, c = (make_synthetic_reid(tmp_path / name, seed=seed, **TINY) for seed, name in enumerate("abc"))
+    run("train", "--dataset", "synthetic", "synthetic", "--root", a, b, "--output", tmp_path / "run", *FLAGS, cwd=tmp_path)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["dataset"], config["root"]) == ("synthetic+synthetic", [str(a), str(b)])
+    result = run("eval", "--checkpoint", tmp_path / "run" / "checkpoint.pt", "--dataset", "synthetic", "--root", c,
+                 "--rerank", "--num-workers", "1", "--quiet", cwd=tmp_path)
+    assert f"at {c.resolve()}: mAP" in result.stdout                          # the set it scored, named
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["root"] == str(c) and metrics["rerank"] and 0 <= metrics["mAP"] <= 100
+
+
+def test_cuhk03_classic_split_from_the_official_file(tmp_path):
+    pytest.importorskip("h5py")
+    root = tmp_path / "cuhk03"
+    write_release(root)                                                       # root/cuhk03_release/cuhk-03.mat
+    result = run("train", "--dataset", "cuhk03", "--root", root, "--dataset-option", "protocol=classic", "split=0",
+                 "--output", tmp_path / "run", *FLAGS, cwd=tmp_path)
+    assert "extracting the labeled images" in result.stdout + result.stderr
+    assert (root / "images_labeled").is_dir()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset_options"] == {"protocol": "classic", "split": 0}
