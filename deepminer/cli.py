@@ -284,8 +284,8 @@ def train_parser() -> argparse.ArgumentParser:
                     "train Deep Miner and the global-only baseline with the cpu recipe, print mAP / Rank-1 / Rank-5 / time). "
                     "Runs unchanged under torchrun --nproc_per_node=N (NCCL on GPUs, gloo on the CPU): --P is per "
                     "process, the global batch is P*K*N, only rank 0 writes.")
-    parser.add_argument("--dataset", nargs="+", choices=["synthetic", *DATASETS], metavar="DATASET",
-                        help=f"dataset(s) to train on, one of {', '.join(['synthetic', *DATASETS])}; several train "
+    parser.add_argument("--dataset", nargs="+", choices=list(DATASETS), metavar="DATASET",
+                        help=f"dataset(s) to train on, one of {', '.join(DATASETS)}; several train "
                              "together (identities and cameras kept apart per set) and are evaluated on the first "
                              "(default: synthetic, or the --config's; cross-domain: deepminer-eval --dataset OTHER)")
     parser.add_argument("--root", nargs="+", metavar="FOLDER", help="dataset folder(s), one per --dataset (default: data/<dataset>)")
@@ -299,7 +299,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--show-config", action="store_true",
                         help="print every setting of the three recipes and of this run, with the paper's value and "
                              "its source, and exit")
-    parser.add_argument("--output", help="run folder (default: runs/<dataset>-<date>-<time>)")
+    parser.add_argument("--output", help="run folder, held while the run writes it (default: a new runs/<dataset>-<date>-"
+                                         "<time>, or <time>-2, … if another command took that name)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--with-baseline", dest="baseline", action="store_true", default=None,
@@ -395,7 +396,7 @@ def eval_parser() -> argparse.ArgumentParser:
         description="Evaluate a deepminer-train checkpoint on a query/gallery set (Market-1501 protocol): print mAP, "
                     "mINP, Rank-1/5/10 and save plots.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by deepminer-train")
-    parser.add_argument("--dataset", choices=["synthetic", *DATASETS], metavar="DATASET",
+    parser.add_argument("--dataset", choices=list(DATASETS), metavar="DATASET",
                         help="dataset to evaluate on, e.g. another one than it was trained on (cross-domain); "
                              "default: the one it was trained on")
     parser.add_argument("--root", help="dataset folder (default: the one it was trained on, or data/<--dataset>)")
