@@ -244,14 +244,15 @@ def open_run(output: str | Path, resume: bool = False) -> dict | None:
 
 def check_resume(output: str | Path, saved: dict, config: dict, epoch: int = 0):
     """Raise ValueError naming each setting of `config` (a dict) that differs from the `saved` run's and may not; and
-    if `config` asks for no more epochs than the `epoch` the run has finished (nothing would change but its config)."""
+    if `config` asks for fewer epochs than the `epoch` the run has finished (its config would then misdescribe it).
+    As many epochs as it has: a finished run, which resumes to its metrics without training."""
     changed = {k: (saved[k], v) for k, v in config.items() if saved.get(k) != v and k not in RESUMABLE_CHANGES}
     if changed:
         raise ValueError(f"cannot resume {output} with other settings: "
                          + ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
-    if config["epochs"] <= epoch:
+    if config["epochs"] < epoch:
         raise ValueError(f"cannot resume {output}: it has trained {epoch} epochs already and epochs={config['epochs']} "
-                         f"asks for no more; give more than {epoch} epochs (--epochs) to train on")
+                         f"asks for fewer; give at least {epoch} epochs (--epochs)")
 
 # %% ../nbs/06c_checkpoints.ipynb #443ae6f0
 @contextmanager

@@ -329,7 +329,8 @@ def not_a_checkpoint(kind: str, command: str):
         out = copy_run(trained, folder / "run", checkpoint=False)
         write_not_a_checkpoint(out / "checkpoint.pt", kind, trained)
         checkpoint = ["--checkpoint", out / "checkpoint.pt"]
-        args = {"train --resume": [*train_args(root, out, 2), "--resume"], "eval": [*checkpoint, "--quiet"],
+        args = {"train --resume": [*train_args(root, out, 2), "--resume"],
+                "train --resume 1": [*train_args(root, out, 1), "--resume"], "eval": [*checkpoint, "--quiet"],
                 "export": [*checkpoint, "--format", "torchscript"]}[command]
         return command.split()[0], args, {}, [root]
     return setup
@@ -348,6 +349,9 @@ def tampered(kind: str, command: str):
         state = load_checkpoint(out / "checkpoint.pt")
         if kind == "epoch 1000":
             state["epoch"] = 1000
+        elif kind == "two epochs":                           # as a finished run of two epochs would hold
+            state["epoch"], state["config"]["epochs"] = 2, 2
+            state["history"] = state["history"] * 2
         elif kind == "other model":
             state["config"]["model"]["ie_after"] = [3]        # the weights have no IE branch
         elif kind == "missing weight":
@@ -356,6 +360,7 @@ def tampered(kind: str, command: str):
             del state["config"]
         torch.save(state, out / "checkpoint.pt")
         args = {"train --resume": [*train_args(root, out, 2), "--resume"],
+                "train --resume 1": [*train_args(root, out, 1), "--resume"],
                 "eval": ["--checkpoint", out / "checkpoint.pt", "--quiet"]}[command]
         return command.split()[0], args, {}, [root]
     return setup
@@ -402,9 +407,8 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     # deepminer-train: a run folder is never overwritten, nor resumed on another set
     "train into a run folder": (lambda folder, root, trained: ("train", train_args(root, trained), {}, [root, trained]),
                                 ["already holds a run"]),
-    "train --resume a finished run with fewer epochs": (lambda folder, root, trained: (
-        "train", [*train_args(root, copy_run(trained, folder / "run"), 1), "--resume"], {}, [root]),
-        ["has trained 1 epochs already"]),
+    "train --resume a finished run with fewer epochs": (tampered("two epochs", "train --resume 1"),
+                                                        ["has trained 2 epochs already", "asks for fewer"]),
     "train --resume a checkpoint that says epoch 1000": (tampered("epoch 1000", "train --resume"), ["finished epoch 1000"]),
     "eval a checkpoint of another model": (tampered("other model", "eval"), ["does not hold this model's weights"]),
     "eval a checkpoint with a missing weight": (tampered("missing weight", "eval"), ["1 missing"]),
