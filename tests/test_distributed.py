@@ -129,4 +129,5 @@ def test_cli_under_torchrun_writes_once_and_resumes(tiny_set, tmp_path):
     assert results["resumed"]["epochs"] == 2
     without_time = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in results.values()]
     assert without_time[0] == without_time[1]                      # resuming under DDP is exact
-    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["checkpoint.pt", "config.json", "log", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "log",
+                                                                          "metrics.json"]   # best.pt: the best evaluation's
