@@ -40,7 +40,7 @@ def test_sigkill_after_first_checkpoint_then_resume_gives_the_same_metrics(tiny_
     result = subprocess.run(TRAIN + tiny_args(tiny_set, straight), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "mAP" in result.stdout and "Rank-1" in result.stdout
-    assert sorted(p.name for p in straight.iterdir()) == ["checkpoint.pt", "config.json", "log", "metrics.json"]
+    assert sorted(p.name for p in straight.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "log", "metrics.json"]
 
     process = subprocess.Popen(TRAIN + tiny_args(tiny_set, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoint.pt"
