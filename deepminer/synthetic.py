@@ -464,7 +464,7 @@ def _check_sizes(config: SyntheticConfig):
     if config.train_ids + config.test_ids > 9999:
         raise ValueError(f"train_ids + test_ids must be at most 9999 (four-digit pids), got {config.train_ids + config.test_ids}")
     if not (32 <= config.height <= 2048 and 16 <= config.width <= 1024):
-        raise ValueError(f"images must be between 32x16 and 2048x1024 pixels (pedestrian crops), got {config.height}x{config.width}")
+        raise ValueError(f"images must be at least 32x16 and at most 2048x1024 pixels (pedestrian crops), got {config.height}x{config.width}")
     if not 0 <= config.occlusion <= 1:
         raise ValueError(f"occlusion is a probability in [0, 1], got {config.occlusion}")
     if config.world not in WORLDS:
