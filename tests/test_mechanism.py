@@ -201,3 +201,16 @@ def test_committed_mechanism_cache_matches_todays_grid():
         assert set(r["reliance"]["painted"]) == set(r["reliance"]["control"]) == set(PARTS[1:])
         assert set(r["placement"]) == ({"ie1", "ie2"} if r["model"] != "baseline" else set())
         assert r["commit"] != "unknown" and r["machine"] and r["command"] == "run_mechanism_grid()"
+
+
+def test_committed_mechanism_cache_holds_the_whole_grid():
+    "2 worlds × 4 networks × 3 seeds: every run of the grid is in the cache, once."
+    from deepminer.mechanism import MECHANISM_RESULTS, MECHANISM_SEEDS
+    from deepminer.runs import load_results
+    from deepminer.synthetic import WORLDS
+    repo = Path(__file__).resolve().parents[1]
+    records = load_results(repo / MECHANISM_RESULTS, ("world", "model", "seed", "config"))
+    keys = [(r["world"], r["model"], r["seed"]) for r in records]
+    expected = {(w, m, s) for w in WORLDS for m in MECHANISM_MODELS for s in MECHANISM_SEEDS}
+    assert len(expected) == 24 and len(keys) == len(set(keys))
+    assert set(keys) == expected, f"missing: {sorted(expected - set(keys))}"
