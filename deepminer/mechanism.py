@@ -191,6 +191,7 @@ def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", 
                     vmax=100 if value == "share" else None, cbar=ax is axes[0, -1], ax=ax, annot_kws={"fontsize": 7})
         ax.set(title=f"{world} world: % of mAP lost, part painted out", xlabel="", ylabel="")
         ax.set_yticklabels([f"{m} · {b}" for m, b in table.index], fontsize=7)
+        ax.set_xticklabels(table.columns, rotation=30, ha="right", fontsize=8)   # the same in both panels
     fig.tight_layout()
     return fig
 
