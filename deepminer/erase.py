@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['check_tau', 'normalized_activation', 'erase_mask', 'ErO']
+__all__ = ['ERASE_PLACEMENTS', 'check_tau', 'normalized_activation', 'erase_mask', 'ErO', 'check_placement', 'random_erase_mask']
 
 # %% ../nbs/02_erase.ipynb #afe3d8a2
 def check_tau(tau: float, name: str = "tau") -> float:
@@ -43,11 +43,12 @@ def erase_mask(y: torch.Tensor, tau: float, size: tuple[int, int] | None = None)
 
 # %% ../nbs/02_erase.ipynb #ff3c8b86
 class ErO(nn.Module):
-    "Erasing Operation (§3.2, Figure 3): Yᵉ(c) = M ⊙ Y(c) for every channel c, with M = `erase_mask(Y, tau)`."
+    """Erasing Operation (§3.2, Figure 3): Yᵉ(c) = M ⊙ Y(c) for every channel c, with M = `erase_mask(Y, tau)`.
+    `placement="random"` erases as many positions at random places instead (`random_erase_mask`: a control)."""
 
-    def __init__(self, tau: float = 0.8):
+    def __init__(self, tau: float = 0.8, placement: str = "activation", seed: int = 0):
         super().__init__()
-        self.tau = tau
+        self.tau, self.placement, self.seed = tau, check_placement(placement), seed
 
     @property
     def tau(self) -> float:
@@ -58,13 +59,45 @@ class ErO(nn.Module):
     def tau(self, value: float):
         self._tau = check_tau(value)
 
-    def forward(self, y: torch.Tensor, return_mask: bool = False, source: torch.Tensor | None = None):
-        """Erase `y` (B, C, H, W); with `return_mask=True` return `(erased, mask)`, the mask being (B, 1, H, W).
-        `source`: read the mask from these feature maps (B, C', h', w') brought to y's grid instead of from `y`
-        (a departure from eq. 1; see below)."""
+    def make_mask(self, y: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """M (B, 1, H, W) for `y` (B, C, H, W): eq. (1) on `y`, or on `source` brought to y's grid (a departure, see
+        below); with `placement="random"`, as many positions at random places (fresh in training, from `seed` in eval)."""
         mask = erase_mask(y, self.tau) if source is None else erase_mask(source, self.tau, y.shape[-2:])  # (B, 1, H, W)
+        if self.placement == "random":
+            mask = random_erase_mask(mask, None if self.training else torch.Generator().manual_seed(self.seed))
+        return mask
+
+    def forward(self, y: torch.Tensor, return_mask: bool = False, source: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None):
+        """Erase `y` (B, C, H, W); with `return_mask=True` return `(erased, mask)`, the mask being (B, 1, H, W).
+        `source`: read the mask from these feature maps (B, C', h', w') (`make_mask`). `mask`: erase with this
+        (B, 1, H, W) mask instead — one computed on another image, e.g. the clean one (frozen masks, `08_visualize`)."""
+        mask = self.make_mask(y, source) if mask is None else mask.to(y.dtype)   # (B, 1, H, W)
         erased = y * mask               # (B, C, H, W): the mask broadcasts over channels
         return (erased, mask) if return_mask else erased
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}" + (f", placement={self.placement!r}, seed={self.seed}" if self.placement != "activation" else "")
+
+# %% ../nbs/02_erase.ipynb #552cdf9e
+ERASE_PLACEMENTS = {
+    "activation": "eq. (1): the positions where the normalized mean activation exceeds τ (the paper)",
+    "random": "as many positions as eq. (1) erases in each image, drawn uniformly at random (a control, not the paper)",
+}  # ErO's placement -> where its mask erases
+
+
+def check_placement(placement: str) -> str:
+    "`placement` if it is a key of `ERASE_PLACEMENTS`; otherwise `ValueError` naming the allowed values."
+    if placement not in ERASE_PLACEMENTS:
+        raise ValueError(f"erase placement must be one of {list(ERASE_PLACEMENTS)}, got {placement!r}")
+    return placement
+
+
+def random_erase_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A mask like `mask` (B, 1, H, W), 0 = erased, that erases as many positions of each image as `mask` does, drawn
+    uniformly at random (from `generator`, a CPU generator, or from torch's global one): where against anything."""
+    flat = mask.reshape(mask.shape[0], -1)                                # (B, H·W)
+    count = (flat == 0).sum(dim=1, keepdim=True)                          # (B, 1) positions eq. (1) erases
+    order = torch.rand(flat.shape, generator=generator).argsort(dim=1)    # (B, H·W) positions in a random order
+    rank = order.argsort(dim=1).to(mask.device)                           # (B, H·W) each position's place in it
+    return (rank >= count).to(mask.dtype).reshape(mask.shape)             # the first `count` of the order erased

@@ -20,7 +20,7 @@ from .rerank import re_ranking_features
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'METRICS', 'JUNK_PID', 'DISTRACTOR_PID', 'Features', 'normalize_features', 'extract_features',
            'compute_distance', 'protocol_masks', 'RankMetrics', 'query_metrics', 'evaluate_rank', 'Evaluation',
-           'evaluate_distances', 'evaluate', 'branch_columns', 'select_branches', 'descriptor_macs',
+           'evaluate_distances', 'evaluate', 'branch_columns', 'select_branches', 'descriptor_macs', 'score_branches',
            'evaluate_branches']
 
 # %% ../nbs/07_evaluate.ipynb #00adadc5
@@ -300,18 +300,24 @@ def descriptor_macs(model: torch.nn.Module, branches: Sequence[str], height: int
     macs = {row["branch"]: row["macs"] for row in branch_summary(model, height, width)}
     return macs["global"] + sum(macs[name] for name in branches if name != "global")
 
-
-def evaluate_branches(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable,
-                      subsets: dict[str, Sequence[str]], flip: bool = False, metric: str = "euclidean",
-                      device: torch.device | str | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Score several descriptors of one model from one feature extraction. `subsets`: {label: branches}, e.g.
-    {"G": ["global"], "all": model.branch_names}. Returns {label: {'mAP', 'mINP', 'rank1', 'rank5', 'rank10', 'dim'}}."""
-    columns = branch_columns(model)
-    query, gallery = (extract_features(model, loader, flip, "none", device, progress, desc=f"{name} features")
-                      for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
+# %% ../nbs/07_evaluate.ipynb #5c0e7b21
+def score_branches(query: Features, gallery: Features, columns: dict[str, slice], subsets: dict[str, Sequence[str]],
+                   metric: str = "euclidean") -> dict[str, dict[str, float]]:
+    """Score several descriptors, {label: branches}, cut from the same query and gallery `Features` by `columns`
+    (`branch_columns`). Returns {label: {'mAP', 'mINP', 'rank1', 'rank5', 'rank10', 'dim'}}."""
     results = {}
     for label, branches in subsets.items():
         qf, gf = (select_branches(f.features, columns, branches) for f in (query, gallery))
         metrics = evaluate_rank(compute_distance(qf, gf, metric), query.pids, gallery.pids, query.camids, gallery.camids)
         results[label] = {**metrics.as_dict(), "dim": qf.shape[1]}
     return results
+
+
+def evaluate_branches(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable,
+                      subsets: dict[str, Sequence[str]], flip: bool = False, metric: str = "euclidean",
+                      device: torch.device | str | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Score several descriptors of one model from one feature extraction (`score_branches`). `subsets`: {label:
+    branches}, e.g. {"G": ["global"], "all": model.branch_names}."""
+    query, gallery = (extract_features(model, loader, flip, "none", device, progress, desc=f"{name} features")
+                      for loader, name in ((query_loader, "query"), (gallery_loader, "gallery")))
+    return score_branches(query, gallery, branch_columns(model), subsets, metric)

@@ -14,25 +14,34 @@ from typing import Sequence
 
 import pandas as pd
 
-from .model import PAPER_VARIANTS
-from .reference import StopWhenConverged, check_from
+from .data import build_dataset
+from .model import PAPER_VARIANTS, DeepMiner
+from .reference import StopWhenConverged, WallClock, _wall_seconds, check_from
 from .runs import git_commit, machine_name, run_cached
-from .synthetic import WORLDS, make_synthetic_reid
-from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, pick_device
+from .synthetic import make_synthetic_reid
+from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, load_model, pick_device, train
 from .visualize import erase_placement, erased_reliance, part_reliance, reliance_losses
 
 # %% auto #0
-__all__ = ['WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'MODEL_LABELS',
-           'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'make_world', 'run_mechanism',
-           'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
-           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table']
+__all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'GRID_128',
+           'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'world_set', 'make_world',
+           'measure_mechanism', 'run_mechanism', 'run_mechanism_grid', 'branch_scores', 'reliance_frame',
+           'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table', 'plot_reliance',
+           'plot_mechanism_curves', 'coverage_table']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
-WORLD_ROOTS = {"balanced": SYNTHETIC_ROOT, "shortcut": "data/synthetic-shortcut"}   # the set of each world, made if missing
+WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
+    "balanced": (SYNTHETIC_ROOT, dict(world="balanced")),
+    "shortcut": ("data/synthetic-shortcut", dict(world="shortcut")),                         # test tops: groups of 6
+    "shortcut_one_top": ("data/synthetic-shortcut-one-top", dict(world="shortcut", shortcut_group=100)),  # one for all
+    "shortcut_own_tops": ("data/synthetic-shortcut-own-tops", dict(world="shortcut", shortcut_group=1)),  # one each
+}
+WORLD_ROOTS = {world: root for world, (root, _) in WORLD_SETS.items()}   # the set of each world
 MECHANISM_MODELS = {
     "deep_miner": PAPER_VARIANTS["deep_miner"],                                       # eq. (1), tau = 0.8
     "deep_miner_global": replace(PAPER_VARIANTS["deep_miner"], erase_source="global"),  # mask from G's Y4 (departure)
     "deep_miner_tau1.0": replace(PAPER_VARIANTS["deep_miner"], tau=1.0),              # the control: nothing erased
+    "deep_miner_random": replace(PAPER_VARIANTS["deep_miner"], erase_placement="random"),  # as much, at random places
     "baseline": PAPER_VARIANTS["baseline"],                                           # the global branch alone
 }
 MECHANISM_SIZE = dict(dataset="synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4, epochs=40,
@@ -44,8 +53,8 @@ MECHANISM_RESULTS = Path("nbs/results/mechanism.json")   # the cache, relative t
 
 def mechanism_config(world: str, model: str, seed: int = 0, **overrides) -> TrainConfig:
     "The `TrainConfig` of one run: `MECHANISM_SIZE` on `world`'s set, the network `MECHANISM_MODELS[model]`, `seed`."
-    if world not in WORLD_ROOTS:
-        raise ValueError(f"unknown world {world!r}: expected one of {list(WORLD_ROOTS)}")
+    if world not in WORLD_SETS:
+        raise ValueError(f"unknown world {world!r}: expected one of {list(WORLD_SETS)}")
     if model not in MECHANISM_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {list(MECHANISM_MODELS)}")
     settings = {**MECHANISM_SIZE, "root": WORLD_ROOTS[world], "seed": seed, **overrides}
@@ -53,53 +62,89 @@ def mechanism_config(world: str, model: str, seed: int = 0, **overrides) -> Trai
     return TrainConfig(**settings, model=network)
 
 # %% ../nbs/11b_mechanism.ipynb #2627abd1
+def world_set(world: str, progress: bool = False) -> Path:
+    "`world`'s own set (`WORLD_SETS`), written with seed 0 if it is missing (the same seed always writes the same files)."
+    root, settings = WORLD_SETS[world]
+    return make_synthetic_reid(root, seed=0, progress=progress, **settings)
+
+
 def make_world(config: TrainConfig, world: str, progress: bool = False) -> Path:
-    """The synthetic set `config` trains on: `world`'s own set (`WORLD_ROOTS`) is written if missing
-    (`make_synthetic_reid`); any other root must already hold a set of that world."""
+    """The synthetic set `config` trains on: `world`'s own set (`world_set`) if `config.root` is its root; any other
+    root must already hold a set of that world (its `world` setting)."""
     root = Path(config.root)
     if root == Path(WORLD_ROOTS[world]):
-        return make_synthetic_reid(root, seed=0, world=world, progress=progress)
+        return world_set(world, progress)
     manifest = root / "synthetic.json"
     found = json.loads(manifest.read_text())["config"].get("world", "balanced") if manifest.is_file() else None
-    if found != world:
+    if found != WORLD_SETS[world][1]["world"]:
         raise ValueError(f"{root} is not a synthetic set of the {world} world "
                          f"({'world ' + found if found else 'no synthetic.json'})")
     return root
 
 
+def measure_mechanism(net: DeepMiner, config: TrainConfig, heldout: str | None = None, progress: bool = False) -> dict:
+    """A trained network's measurements on the test set of `config.root`: 'reliance' (`part_reliance`, masks frozen),
+    for IE branches 'reliance_recomputed' (masks recomputed) and 'placement' (`erase_placement`); with `heldout` (a
+    world) 'heldout': the torso reliance on that world's test people."""
+    test, size = build_dataset(config.dataset, config.root), (config.height, config.width)
+    out = {"reliance": part_reliance(net, test.query, test.gallery, *size, masks="frozen", progress=progress), "placement": {}}
+    if net.ie_branches:
+        out["reliance_recomputed"] = part_reliance(net, test.query, test.gallery, *size, masks="recomputed", progress=progress)
+        out["placement"] = erase_placement(net, [r for r in test.query + test.gallery if r.pid >= 1], *size)
+    if heldout is not None:
+        held = build_dataset("synthetic", world_set(heldout))
+        out["heldout"] = {"world": heldout, "reliance": part_reliance(net, held.query, held.gallery, *size,
+                                                                      parts=["torso"], progress=progress)}
+    return out
+
+# %% ../nbs/11b_mechanism.ipynb #82eb3b11
 def run_mechanism(world: str, model: str, seed: int, config: TrainConfig, command: str = "run_mechanism_grid()",
-                  progress: bool = False) -> dict:
-    """Train one run of the grid until `StopWhenConverged` or `config.epochs`, then score every branch and measure
-    its part reliance (`part_reliance`) and, for IE branches, where the masks fall (`erase_placement`): the record."""
+                  progress: bool = False, runs: str | Path | None = None, heldout: str | None = None) -> dict:
+    """Train one run of the grid until `StopWhenConverged` or `config.epochs` — in memory, or with `runs` in the run
+    folder runs/<world>-<model>-seed<seed>, resumed if it holds a checkpoint — then measure it (`measure_mechanism`)."""
     start = time.perf_counter()
     make_world(config, world)
     stop = StopWhenConverged(check_from=check_from(config))
-    trainer = Trainer(config, output=None, callbacks=[stop], progress=progress)
-    trainer.fit()
-    test = trainer.dataset
-    reliance = part_reliance(trainer.model, test.query, test.gallery, config.height, config.width, progress=progress)
-    people = [r for r in test.query + test.gallery if r.pid >= 1]
-    placement = erase_placement(trainer.model, people, config.height, config.width) if trainer.model.ie_branches else {}
-    history = trainer.history
-    return {"world": world, "model": model, "seed": seed, "mAP": reliance["clean"]["all"]["mAP"],
-            "rank1": reliance["clean"]["all"]["rank1"], "epochs": trainer.epoch, "stopping": stop.check,
-            "converged": bool(stop.check and stop.check["converged"]), "reliance": reliance, "placement": placement,
-            "train_seconds": round(sum(h["seconds"] for h in history), 1),
-            "wall_seconds": round(time.perf_counter() - start, 1), "history": history, "config": config.to_dict(),
-            "command": command, "commit": git_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_name(), "device": str(pick_device(config.device))}
+    if runs is None:
+        trainer = Trainer(config, output=None, callbacks=[stop], progress=progress)
+        trainer.fit()
+        net, history, epochs, trained = trainer.model, trainer.history, trainer.epoch, time.perf_counter() - start
+    else:
+        run = Path(runs) / f"{world}-{model}-seed{seed}"
+        result = train(config, run, resume=(run / "checkpoint.pt").exists(), callbacks=[stop, WallClock(run)],
+                       progress=progress)
+        net, history, epochs = load_model(run / "checkpoint.pt")[0], result["history"], result["epochs"]
+        trained, start = _wall_seconds(run), time.perf_counter()        # over every session that trained it
+    measured = measure_mechanism(net, config, heldout, progress)
+    clean = measured["reliance"]["clean"]["all"]
+    return {"world": world, "model": model, "seed": seed, "mAP": clean["mAP"], "rank1": clean["rank1"],
+            "epochs": epochs, "stopping": stop.check, "converged": bool(stop.check and stop.check["converged"]),
+            **measured, "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "wall_seconds": round(trained + time.perf_counter() - start, 1), "history": history,
+            "config": config.to_dict(), "command": command, "commit": git_commit(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name(),
+            "device": str(pick_device(config.device))}
 
 # %% ../nbs/11b_mechanism.ipynb #5a385bf8
-def run_mechanism_grid(worlds: Sequence[str] = WORLDS, models: Sequence[str] | None = None,
+def run_mechanism_grid(worlds: Sequence[str] = ("balanced", "shortcut"), models: Sequence[str] | None = None,
                        seeds: Sequence[int] = MECHANISM_SEEDS, results: str | Path = MECHANISM_RESULTS,
-                       command: str = "run_mechanism_grid()", progress: bool = True, **overrides) -> list[dict]:
+                       command: str = "run_mechanism_grid()", progress: bool = True, runs: str | Path | None = None,
+                       heldout: str | None = None, **overrides) -> list[dict]:
     """Every (seed, world, model) that the cache `results` lacks with the same configuration, seed by seed (so that a
     partial grid holds whole seeds), each record saved as it comes (`run_cached`). `overrides` change
-    `MECHANISM_SIZE`. Returns the records in order."""
+    `MECHANISM_SIZE`; `runs`, `heldout`: see `run_mechanism`. Returns the records in order."""
     models = list(MECHANISM_MODELS) if models is None else list(models)
     configs = {(w, m, s): mechanism_config(w, m, s, **overrides) for s in seeds for w in worlds for m in models}
     return run_cached(configs, ("world", "model", "seed"),
-                      lambda key, config: run_mechanism(*key, config, command), results, "mechanism grid", progress)
+                      lambda key, config: run_mechanism(*key, config, command, runs=runs, heldout=heldout),
+                      results, "mechanism grid", progress)
+
+
+GRID_128 = dict(worlds=("shortcut_one_top",), models=("deep_miner", "deep_miner_tau1.0", "deep_miner_random", "baseline"),
+                seeds=MECHANISM_SEEDS, results=Path("nbs/results/mechanism_128x64.json"), runs=Path("runs/mechanism_128x64"),
+                heldout="shortcut_own_tops", height=128, width=64, cpu_bf16=False)
+# the grid at 128x64 (B3's map 8x4): the shortcut world whose test people all wear one top, eq. (1) against both
+# controls and the baseline; float32 (bfloat16 is slow on CPUs without native support). run_mechanism_grid(**GRID_128)
 
 # %% ../nbs/11b_mechanism.ipynb #13c98c6d
 MODEL_LABELS = {"deep_miner": "eq. (1)", "deep_miner_global": "G-sourced", "deep_miner_tau1.0": "τ = 1 control",

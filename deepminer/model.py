@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import Bottleneck
 
 from .attention import CHAM_GATES, Attention
-from .erase import ErO, check_tau
+from .erase import ERASE_PLACEMENTS, ErO, check_tau
 
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'ERASE_SOURCES', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file',
@@ -122,16 +122,18 @@ def make_stages(resnet: torchvision.models.ResNet, sam: bool = True, cham: bool 
 class InputErasedBranch(nn.Module):
     "IE branch after block B_`position` (§3.2): ErO, then copies of stages B_(position+1) … B_4 (weights not shared)."
 
-    def __init__(self, position: int, stages: nn.ModuleList, tau: float = 0.8):
+    def __init__(self, position: int, stages: nn.ModuleList, tau: float = 0.8, placement: str = "activation"):
         super().__init__()
         self.position = position
-        self.ero = ErO(tau)
+        self.ero = ErO(tau, placement, seed=position)   # placement "random": the control (02_erase)
         self.stages = copy.deepcopy(stages[position:])  # B_{i+1}^e … B_4^e, attention included
 
-    def forward(self, y: torch.Tensor, source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y: torch.Tensor, source: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Erase `y` = Y_position (B, C, H, W) and mine it: returns (last feature maps, erase mask (B, 1, H, W)).
-        `source`: the feature maps the mask is read from, if not `y` itself (`DeepMinerConfig.erase_source`)."""
-        z, mask = self.ero(y, return_mask=True, source=source)
+        `source`: the feature maps the mask is read from, if not `y` itself (`DeepMinerConfig.erase_source`);
+        `mask`: erase with this (B, 1, H, W) mask instead of computing one (frozen masks)."""
+        z, mask = self.ero(y, return_mask=True, source=source, mask=mask)
         for stage in self.stages:
             z = stage(z)
         return z, mask
@@ -191,6 +193,7 @@ class DeepMinerConfig:
     ie_after: tuple[int, ...] = (2, 3)     # an IE branch after each of these blocks, §3.2 (Tables 1–2)
     tau: float = 0.8                       # ErO's threshold, eq. (1) (Figure 7)
     erase_source: str = "block"            # where ErO reads its mask: a key of ERASE_SOURCES ("block" = eq. 1)
+    erase_placement: str = "activation"    # where it erases: a key of ERASE_PLACEMENTS ("random": the control)
     local_branch: bool = True              # the stripes branch on Y3, §3.3 (Table 3)
     stripes: int = 4                       # its horizontal stripes
     sam: bool = True                       # spatial attention after B2 and B3, §3.4 (Table 4)
@@ -232,6 +235,8 @@ def check_model_config(c: DeepMinerConfig):
     c.tau = check_tau(c.tau)
     if c.erase_source not in ERASE_SOURCES:
         raise ValueError(f"erase_source must be one of {list(ERASE_SOURCES)}, got {c.erase_source!r}")
+    if c.erase_placement not in ERASE_PLACEMENTS:
+        raise ValueError(f"erase_placement must be one of {list(ERASE_PLACEMENTS)}, got {c.erase_placement!r}")
     if isinstance(c.stripes, bool) or not isinstance(c.stripes, int) or c.stripes < 1:
         raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {c.stripes!r}")
     if c.cham_gate not in CHAM_GATES:
@@ -301,9 +306,10 @@ class BranchHeads:
             return torch.cat([bn_features for _, bn_features, _ in heads.values()], dim=1)
         return {name: BranchOutput(features, logits) for name, (features, _, logits) in heads.items()}
 
-    def forward(self, x: torch.Tensor) -> dict[str, BranchOutput] | torch.Tensor:
-        "Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1."
-        return self.forward_head(self.forward_features(x), pre_logits=not self.training)
+    def forward(self, x: torch.Tensor, masks: dict[str, torch.Tensor] | None = None) -> dict[str, BranchOutput] | torch.Tensor:
+        """Training: {branch: BranchOutput(features, logits)}. Eval: concatenated BNNeck features (B, Σ D_branch), §4.1.
+        `masks`: the IE branches' erase masks to use (`DeepMiner.inspect`)."""
+        return self.forward_head(self.forward_features(x, masks), pre_logits=not self.training)
 
 # %% ../nbs/04_model.ipynb #0d616d32
 class DeepMiner(BranchHeads, nn.Module):
@@ -318,7 +324,7 @@ class DeepMiner(BranchHeads, nn.Module):
         resnet = build_resnet(c.backbone, pretrained=c.pretrained, weights_path=c.backbone_weights)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.stages = make_stages(resnet, sam=c.sam, cham=c.cham, cham_gate=c.cham_gate)  # G-branch: B1 … B4
-        self.ie_branches = nn.ModuleList(InputErasedBranch(i, self.stages, c.tau) for i in c.ie_after)
+        self.ie_branches = nn.ModuleList(InputErasedBranch(i, self.stages, c.tau, c.erase_placement) for i in c.ie_after)
         self.local_branch = copy.deepcopy(self.stages[3]) if c.local_branch else None  # B4 copy, fed Y3
         self.pools, self.feature_dims, self.heads = make_heads(c, block_channels(resnet.layer4), num_classes)
 
@@ -327,8 +333,8 @@ class DeepMiner(BranchHeads, nn.Module):
         "Branch names in output order: 'global', 'ie1', 'ie2', …, 'local'."
         return list(self.heads)
 
-    def inspect(self, x: torch.Tensor) -> Inspection:
-        "Run the network on images `x` (B, 3, H, W) and return every branch's feature maps, Y_1…Y_4 and the erase masks."
+    def inspect(self, x: torch.Tensor, masks: dict[str, torch.Tensor] | None = None) -> Inspection:
+        "Every branch's feature maps, Y_1…Y_4 and erase masks for images `x` (B, 3, H, W); `masks`: erase with these."
         block_outputs, y = {}, self.stem(check_images(x, self.config))   # (B, 64, H/4, W/4)
         for i, stage in enumerate(self.stages, start=1):
             block_outputs[i] = y = stage(y)                              # Y_i: (B, C_i, H_i, W_i)
@@ -336,15 +342,15 @@ class DeepMiner(BranchHeads, nn.Module):
         for k, branch in enumerate(self.ie_branches, start=1):
             y_i = block_outputs[branch.position]
             source = block_outputs[4] if self.config.erase_source == "global" else None   # None: eq. (1), from y_i
-            feature_maps[f"ie{k}"], erase_masks[f"ie{k}"] = branch(y_i, source)
+            feature_maps[f"ie{k}"], erase_masks[f"ie{k}"] = branch(y_i, source, (masks or {}).get(f"ie{k}"))
             erase_inputs[f"ie{k}"], erase_sources[f"ie{k}"] = y_i, y_i if source is None else source
         if self.local_branch is not None:
             feature_maps["local"] = self.local_branch(block_outputs[3])
         return Inspection(block_outputs, feature_maps, erase_inputs, erase_masks, erase_sources)
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        "Every branch's last feature maps (B, C, h, w) for images `x` (B, 3, H, W): `inspect`'s `feature_maps`."
-        return self.inspect(x).feature_maps
+    def forward_features(self, x: torch.Tensor, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        "Every branch's last feature maps (B, C, h, w) for images `x` (B, 3, H, W): `inspect(x, masks)`'s `feature_maps`."
+        return self.inspect(x, masks).feature_maps
 
 # %% ../nbs/04_model.ipynb #da82bbe0
 def model_device(model: nn.Module) -> torch.device:

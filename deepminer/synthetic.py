@@ -436,6 +436,7 @@ class SyntheticConfig:
     min_shared: int = 2              # every part look is worn by at least this many identities of a split
     world: str = "balanced"          # "balanced" (no part identifies) or "shortcut" (the torso does, in training)
     shortcut_group: int = 6          # shortcut world: test identities share one top per group of this many
+                                     # (1: a top each, as in training; test_ids: one top for all)
 
     def __post_init__(self):
         if self.max_cameras_per_id is None:
@@ -472,8 +473,8 @@ def _check_sizes(config: SyntheticConfig):
     if config.world == "shortcut" and config.train_ids > len(SHORTCUT_TOPS):
         raise ValueError(f"train_ids must be at most {len(SHORTCUT_TOPS)} in the shortcut world (one distinct top each), "
                          f"got {config.train_ids}")
-    if config.world == "shortcut" and not 2 <= config.shortcut_group <= config.test_ids:
-        raise ValueError(f"shortcut_group must be between 2 and test_ids = {config.test_ids}, got {config.shortcut_group}")
+    if config.world == "shortcut" and not 1 <= config.shortcut_group <= config.test_ids:
+        raise ValueError(f"shortcut_group must be between 1 and test_ids = {config.test_ids}, got {config.shortcut_group}")
 
 # %% ../nbs/00_synthetic.ipynb #5b37352e
 MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")

@@ -59,7 +59,7 @@ class DeviceSettings:
     device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
     amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
-    cpu_bf16: bool = False                # bfloat16 autocast on the CPU: ~1.6x faster on CPUs with AVX512-BF16/AMX
+    cpu_bf16: bool = False                # bfloat16 autocast and channels_last on the CPU (benchmarks/cpu_formats.py)
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
 # %% ../nbs/06_train.ipynb #c00a5a1c
@@ -255,7 +255,7 @@ class TrainingSteps:
     def forward_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         "The loss of eq. (2) summed over branches, and its terms; keeps the (global) batch in `outputs` and `pids`."
         images, pids = images.to(self.device, non_blocking=True), pids.to(self.device, non_blocking=True)
-        if self.amp:
+        if self.channels_last:
             images = images.to(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             outputs = self.forward_model(images)
@@ -452,13 +452,14 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
         self.amp = config.amp and self.device.type == "cuda"
         self.autocast_dtype = torch.float16 if self.amp else \
             torch.bfloat16 if config.cpu_bf16 and self.device.type == "cpu" else None  # None: float32
+        self.channels_last = self.autocast_dtype is not None   # NHWC pays with reduced precision (CUDA and AMX)
         seed_everything(config.seed)
         self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)
         self.num_classes = self.dataset.num_train_ids
         self.model = DeepMiner(self.num_classes, config.model).to(self.device)
         if config.sync_bn and self.world_size > 1:
             self.model = convert_sync_batchnorm(self.model)
-        if self.amp:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = DeepMinerLoss(self.num_classes, self.model.feature_dims, config.label_smoothing,
                                        config.center_weight, config.triplet_reduction, config.center_reduction)

@@ -21,16 +21,17 @@ from tqdm.auto import tqdm
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, ReIDImages, build_transforms
 from .erase import normalized_activation
-from .evaluate import branch_columns, evaluate_branches
+from .evaluate import Features, branch_columns, score_branches
 from .model import DeepMiner, Inspection, model_device
 from .synthetic import PARTS
 
 # %% auto #0
-__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'inspect_eval', 'activation_energy', 'minmax_per_image', 'activation_map',
-           'part_layout_path', 'read_part_layouts', 'part_shares', 'branch_part_shares', 'to_pictures', 'heat_overlay',
-           'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay', 'draw_part_outlines', 'figure2',
-           'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam', 'paint_out', 'background_ring',
-           'part_reliance', 'reliance_losses', 'grid_border', 'erase_placement', 'erased_reliance']
+__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'RELIANCE_MASKS', 'inspect_eval', 'activation_energy', 'minmax_per_image',
+           'activation_map', 'part_layout_path', 'read_part_layouts', 'part_shares', 'branch_part_shares',
+           'to_pictures', 'heat_overlay', 'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay',
+           'draw_part_outlines', 'figure2', 'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam',
+           'paint_out', 'background_ring', 'clean_erase_masks', 'eval_descriptors', 'part_reliance', 'reliance_losses',
+           'grid_border', 'erase_placement', 'erased_reliance']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
 def inspect_eval(model: DeepMiner, images: torch.Tensor) -> Inspection:
@@ -348,6 +349,12 @@ def background_ring(layout: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return ring.view_as(region)
 
 # %% ../nbs/08_visualize.ipynb #1ff072d8
+RELIANCE_MASKS = {
+    "frozen": "each image's erase masks computed on the clean image and kept while a part is painted out",
+    "recomputed": "the masks computed again on the painted image, as the network would at test time",
+}  # part_reliance's `masks` -> what an IE branch erases while a part is painted out
+
+
 def _eval_tensors(records: Sequence, height: int, width: int, batch_size: int):
     "Evaluation images (N, 3, H, W), pids (N,), camids (N,) and part layouts (N, H, W) of synthetic `records`."
     loader = DataLoader(ReIDImages(records, build_transforms(height, width, train=False)), batch_size=batch_size)
@@ -355,28 +362,54 @@ def _eval_tensors(records: Sequence, height: int, width: int, batch_size: int):
     return images, pids, camids, read_part_layouts([r[0] for r in records], height, width)
 
 
+def clean_erase_masks(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    "{IE branch: (N, 1, h, w)} the erase masks `model.inspect` computes on `images` (N, 3, H, W); {} without IE branches."
+    if not hasattr(model, "inspect"):
+        return {}
+    batches = [inspect_eval(model, images[i:i + batch_size]).erase_masks for i in range(0, len(images), batch_size)]
+    return {name: torch.cat([b[name].cpu() for b in batches]) for name in batches[0]}
+
+
+def eval_descriptors(model: nn.Module, images: torch.Tensor, masks: dict[str, torch.Tensor] | None = None,
+                     batch_size: int = 128) -> torch.Tensor:
+    """`model`'s eval-mode descriptors (N, D), float32 on the CPU, of `images` (N, 3, H, W), batch by batch; `masks`
+    {IE branch: (N, 1, h, w)}: erase with these (`DeepMiner.forward(x, masks)`) instead of the model's own."""
+    device, was_training = model_device(model), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model(images[i:i + batch_size].to(device),
+                                    **({"masks": {n: m[i:i + batch_size].to(device) for n, m in masks.items()}} if masks else {}))
+                              .float().cpu() for i in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+# %% ../nbs/08_visualize.ipynb #40e11153
 def part_reliance(model: nn.Module, query: Sequence, gallery: Sequence, height: int, width: int,
                   parts: Sequence[str] = PARTS[1:], subsets: dict[str, Sequence[str]] | None = None,
-                  batch_size: int = 128, progress: bool = True) -> dict:
+                  masks: str = "frozen", batch_size: int = 128, progress: bool = True) -> dict:
     """What each descriptor of `model` loses when one body part is painted out (`paint_out`) of every `query` and
     `gallery` image (synthetic records with part layouts, read at `height`×`width`), and when its `background_ring`
-    is. `subsets`: {label: branches} (default: each branch alone and 'all'). Returns {'clean': {label: metrics},
-    'painted': {part: {label: metrics}}, 'control': {part: {label: metrics}}, 'area': {part: {'part', 'control'}}},
-    metrics {'mAP', 'rank1'} in percent, areas as shares of all pixels."""
+    is. `subsets`: {label: branches} (default: each branch alone and 'all'). `masks`: what IE branches erase while a
+    part is painted out (`RELIANCE_MASKS`). Returns {'clean': {label: metrics}, 'painted': {part: {label: metrics}},
+    'control': {part: {label: metrics}}, 'area': {part: {'part', 'control'}}, 'masks': `masks`}, metrics {'mAP',
+    'rank1'} in percent, areas as shares of all pixels."""
+    if masks not in RELIANCE_MASKS:
+        raise ValueError(f"masks must be one of {list(RELIANCE_MASKS)}, got {masks!r}")
     columns = branch_columns(model)
     subsets = subsets or {**{name: [name] for name in columns}, "all": list(columns)}
     images, pids, camids, layouts = _eval_tensors(list(query) + list(gallery), height, width, batch_size)
+    kept = clean_erase_masks(model, images, batch_size) if masks == "frozen" else None   # {IE branch: (N, 1, h, w)}
     q = len(query)
 
     def score(regions: torch.Tensor) -> dict:
-        painted = paint_out(images, regions)
-        batches = [[(painted[i:min(i + batch_size, end)], pids[i:min(i + batch_size, end)],
-                     camids[i:min(i + batch_size, end)]) for i in range(start, end, batch_size)]
-                   for start, end in ((0, q), (q, len(images)))]
-        scores = evaluate_branches(model, *batches, subsets, progress=False)
+        features = eval_descriptors(model, paint_out(images, regions), kept, batch_size)      # (N, D)
+        query_, gallery_ = Features(features[:q], pids[:q], camids[:q]), Features(features[q:], pids[q:], camids[q:])
+        scores = score_branches(query_, gallery_, columns, subsets)
         return {label: {k: round(s[k], 2) for k in ("mAP", "rank1")} for label, s in scores.items()}
 
-    result = {"clean": score(torch.zeros_like(layouts, dtype=torch.bool)), "painted": {}, "control": {}, "area": {}}
+    result = {"clean": score(torch.zeros_like(layouts, dtype=torch.bool)), "painted": {}, "control": {}, "area": {},
+              "masks": masks}
     for part in tqdm(parts, desc="part reliance", disable=not progress):
         regions = layouts == PARTS.index(part)                                          # (N, H, W)
         rings = torch.stack([background_ring(l, r) for l, r in zip(layouts, regions)])  # (N, H, W)

@@ -127,7 +127,7 @@ def test_balanced_world_is_unchanged_by_the_world_option(worlds, tmp_path):
 @pytest.mark.parametrize("sizes, message", [
     (dict(world="flat"), "world must be one of"),
     (dict(world="shortcut", train_ids=200), "train_ids must be at most 132"),
-    (dict(world="shortcut", shortcut_group=1), "shortcut_group must be between 2 and test_ids"),
+    (dict(world="shortcut", shortcut_group=0), "shortcut_group must be between 1 and test_ids"),
 ])
 def test_bad_world_settings_name_the_field(sizes, message):
     with pytest.raises(ValueError, match=message):
@@ -176,7 +176,7 @@ def test_erase_placement_shares_add_up(worlds):
 
 
 def test_mechanism_grid_configs_and_world_roots(tmp_path):
-    assert set(MECHANISM_MODELS) == {"deep_miner", "deep_miner_global", "deep_miner_tau1.0", "baseline"}
+    assert set(MECHANISM_MODELS) == {"deep_miner", "deep_miner_global", "deep_miner_tau1.0", "deep_miner_random", "baseline"}
     assert mechanism_config("shortcut", "deep_miner").root == WORLD_ROOTS["shortcut"]
     balanced = make_synthetic_reid(tmp_path / "b", train_ids=4, test_ids=4, cameras=2, distractors=1, junk=1, progress=False)
     with pytest.raises(ValueError, match="not a synthetic set of the shortcut world"):
