@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['ERASE_PLACEMENTS', 'check_tau', 'normalized_activation', 'erase_mask', 'ErO', 'check_placement', 'random_erase_mask']
+__all__ = ['ERASE_PLACEMENTS', 'check_tau', 'normalized_activation', 'erase_mask', 'check_placement', 'random_erase_mask', 'ErO']
 
 # %% ../nbs/02_erase.ipynb #afe3d8a2
 def check_tau(tau: float, name: str = "tau") -> float:
@@ -40,6 +40,29 @@ def erase_mask(y: torch.Tensor, tau: float, size: tuple[int, int] | None = None)
     exceeds `tau` and 1 elsewhere, in the dtype of `y` and without gradient (`size`: on that grid instead)."""
     tau = check_tau(tau)
     return (normalized_activation(y, size) <= tau).to(y.dtype)  # (B, 1, H, W) in {0, 1}
+
+# %% ../nbs/02_erase.ipynb #552cdf9e
+ERASE_PLACEMENTS = {
+    "activation": "eq. (1): the positions where the normalized mean activation exceeds τ (the paper)",
+    "random": "as many positions as eq. (1) erases in each image, drawn uniformly at random (a control, not the paper)",
+}  # ErO's placement -> where its mask erases
+
+
+def check_placement(placement: str) -> str:
+    "`placement` if it is a key of `ERASE_PLACEMENTS`; otherwise `ValueError` naming the allowed values."
+    if placement not in ERASE_PLACEMENTS:
+        raise ValueError(f"erase placement must be one of {list(ERASE_PLACEMENTS)}, got {placement!r}")
+    return placement
+
+
+def random_erase_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A mask like `mask` (B, 1, H, W), 0 = erased, that erases as many positions of each image as `mask` does, drawn
+    uniformly at random (from `generator`, a CPU generator, or from torch's global one): where against anything."""
+    flat = mask.reshape(mask.shape[0], -1)                                # (B, H·W)
+    count = (flat == 0).sum(dim=1, keepdim=True)                          # (B, 1) positions eq. (1) erases
+    order = torch.rand(flat.shape, generator=generator).argsort(dim=1)    # (B, H·W) positions in a random order
+    rank = order.argsort(dim=1).to(mask.device)                           # (B, H·W) each position's place in it
+    return (rank >= count).to(mask.dtype).reshape(mask.shape)             # the first `count` of the order erased
 
 # %% ../nbs/02_erase.ipynb #ff3c8b86
 class ErO(nn.Module):
@@ -78,26 +101,3 @@ class ErO(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}" + (f", placement={self.placement!r}, seed={self.seed}" if self.placement != "activation" else "")
-
-# %% ../nbs/02_erase.ipynb #552cdf9e
-ERASE_PLACEMENTS = {
-    "activation": "eq. (1): the positions where the normalized mean activation exceeds τ (the paper)",
-    "random": "as many positions as eq. (1) erases in each image, drawn uniformly at random (a control, not the paper)",
-}  # ErO's placement -> where its mask erases
-
-
-def check_placement(placement: str) -> str:
-    "`placement` if it is a key of `ERASE_PLACEMENTS`; otherwise `ValueError` naming the allowed values."
-    if placement not in ERASE_PLACEMENTS:
-        raise ValueError(f"erase placement must be one of {list(ERASE_PLACEMENTS)}, got {placement!r}")
-    return placement
-
-
-def random_erase_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A mask like `mask` (B, 1, H, W), 0 = erased, that erases as many positions of each image as `mask` does, drawn
-    uniformly at random (from `generator`, a CPU generator, or from torch's global one): where against anything."""
-    flat = mask.reshape(mask.shape[0], -1)                                # (B, H·W)
-    count = (flat == 0).sum(dim=1, keepdim=True)                          # (B, 1) positions eq. (1) erases
-    order = torch.rand(flat.shape, generator=generator).argsort(dim=1)    # (B, H·W) positions in a random order
-    rank = order.argsort(dim=1).to(mask.device)                           # (B, H·W) each position's place in it
-    return (rank >= count).to(mask.dtype).reshape(mask.shape)             # the first `count` of the order erased

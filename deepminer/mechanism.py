@@ -27,7 +27,7 @@ __all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'M
            'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'world_set', 'make_world',
            'measure_mechanism', 'run_mechanism', 'run_mechanism_grid', 'branch_scores', 'reliance_frame',
            'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table', 'plot_reliance',
-           'plot_mechanism_curves', 'coverage_table']
+           'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
@@ -148,7 +148,7 @@ GRID_128 = dict(worlds=("shortcut_one_top",), models=("deep_miner", "deep_miner_
 
 # %% ../nbs/11b_mechanism.ipynb #13c98c6d
 MODEL_LABELS = {"deep_miner": "eq. (1)", "deep_miner_global": "G-sourced", "deep_miner_tau1.0": "τ = 1 control",
-                "baseline": "baseline"}                                  # short names for tables and plots
+                "deep_miner_random": "random-mask control", "baseline": "baseline"}   # short names for tables and plots
 BRANCH_LABELS = {"global": "G", "ie1": "IE1", "ie2": "IE2", "local": "L", "all": "all"}
 KEYS = ["world", "model", "seed"]
 
@@ -242,7 +242,7 @@ def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", 
 
 # %% ../nbs/11b_mechanism.ipynb #a326410a
 MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "deep_miner_tau1.0": "tab:blue",
-                 "baseline": "tab:grey"}
+                 "deep_miner_random": "tab:green", "baseline": "tab:grey"}
 
 
 def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut")):
@@ -277,3 +277,30 @@ def coverage_table(records: Sequence[dict]) -> pd.DataFrame:
     by = ["world", "model", "branch"]
     table = pd.DataFrame({c: mean_std(frame, c, by, 0) for c in ("erased", "on background", "on torso", "G's reliance covered")})
     return table.rename(index=MODEL_LABELS, level=1)
+
+# %% ../nbs/11b_mechanism.ipynb #fff15984
+def paired_interval(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = (),
+                    confidence: float = 0.95) -> pd.DataFrame:
+    """`model` minus `control` in column `value` of `frame`, paired by world, seed and `by`: per world and `by`, the
+    mean difference, its `confidence` interval (Student's t, n − 1 degrees of freedom), n, and the seeds ahead (> 0)."""
+    from scipy import stats
+    index = ["world", "seed", *by]
+    a = frame[frame.model == model].set_index(index)[value]
+    b = frame[frame.model == control].set_index(index)[value]
+    diff = (a - b).dropna().reset_index()
+    rows = {}
+    for key, g in diff.groupby(["world", *by], sort=False)[value]:
+        n, mean = len(g), g.mean()
+        half = stats.t.ppf((1 + confidence) / 2, n - 1) * g.std() / n ** 0.5 if n > 1 else float("nan")
+        rows[key if by else key[0]] = {"Δ": mean, "low": mean - half, "high": mean + half, "n": n, "ahead": int((g > 0).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["world", *by] if by else "world")
+
+
+def tilt_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run, IE branch and part: `tilt`, the share of the branch's mAP lost with the part painted out minus
+    the share its own G (same run) loses, in points (`reliance_frame`'s 'share' × 100)."""
+    frame = reliance_frame(records)
+    g = frame[frame.descriptor == "global"].set_index([*KEYS, "part"])["share"]
+    ie = frame[frame.descriptor.str.startswith("ie")].copy()
+    ie["tilt"] = 100 * (ie["share"].to_numpy() - g.reindex(pd.MultiIndex.from_frame(ie[[*KEYS, "part"]])).to_numpy())
+    return ie[[*KEYS, "descriptor", "part", "tilt"]].reset_index(drop=True)

@@ -30,12 +30,12 @@ from .synthetic import make_synthetic_reid
 
 # %% auto #0
 __all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE', 'DataSettings', 'DeviceSettings',
-           'OptimSettings', 'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'CancelBatch',
-           'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar', 'TrainingSteps',
-           'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop', 'make_optimizers', 'prepare_data',
-           'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting', 'show_setting',
-           'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config', 'train_with_baseline',
-           'format_comparison', 'plot_history']
+           'OptimSettings', 'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'autocast_dtype',
+           'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar',
+           'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop', 'make_optimizers',
+           'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting',
+           'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config',
+           'train_with_baseline', 'format_comparison', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -170,6 +170,21 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' (--device cuda) was asked for, but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """What the forward pass autocasts to on `device`: float16 with `amp` on CUDA, bfloat16 with `cpu_bf16` on the CPU
+    (warned when the CPU has no native bfloat16: there it is many times slower than float32), else None: float32."""
+    if config.amp and device.type == "cuda":
+        return torch.float16
+    if not (config.cpu_bf16 and device.type == "cpu"):
+        return None
+    flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "") \
+        if Path("/proc/cpuinfo").is_file() else "avx512_bf16"                      # unknown elsewhere: no warning
+    if not any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")):
+        warnings.warn("cpu_bf16: this CPU has no native bfloat16 (neither avx512_bf16 nor amx_bf16), so bfloat16 "
+                      "autocast runs many times slower than float32 here; leave cpu_bf16 off (benchmarks/cpu_formats.py)")
+    return torch.bfloat16
 
 # %% ../nbs/06_train.ipynb #bad074d8
 class CancelBatch(Exception):
@@ -450,8 +465,7 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         self.amp = config.amp and self.device.type == "cuda"
-        self.autocast_dtype = torch.float16 if self.amp else \
-            torch.bfloat16 if config.cpu_bf16 and self.device.type == "cpu" else None  # None: float32
+        self.autocast_dtype = autocast_dtype(config, self.device)     # None: float32
         self.channels_last = self.autocast_dtype is not None   # NHWC pays with reduced precision (CUDA and AMX)
         seed_everything(config.seed)
         self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)

@@ -69,6 +69,49 @@ def test_part_reliance_names_the_part_a_planted_branch_reads(planted_set, plante
     assert reliance["area"]["torso"]["part"] == pytest.approx(reliance["area"]["torso"]["control"])
 
 
+class ErasesTheMoreActiveBox(nn.Module):
+    """G reads the torso box; IE1 erases, as eq. (1) erases the most active places, the more active of the torso and
+    legs boxes (the torso, weighted 10x, unless it is painted grey) and reads the box its mask keeps."""
+    feature_dims = {"global": 3, "ie1": 3}
+
+    def inspect(self, x, masks=None):
+        boxes = [x[:, :, BOXES[p][0], BOXES[p][1]] for p in ("torso", "legs")]                      # (B, 3, h, w) each
+        activity = torch.stack([b.abs().mean((1, 2, 3)) for b in boxes], 1) * torch.tensor([10.0, 1.0])  # (B, 2)
+        mask = (masks or {}).get("ie1", (activity < activity.amax(1, keepdim=True)).float()[:, None, :, None])
+        colours = torch.stack([b.mean((2, 3)) for b in boxes], 2)                                     # (B, 3, 2)
+        ie1 = (colours * mask[:, :, :, 0]).sum(2)                                                     # (B, 3) kept box
+        return type("Inspection", (), {"erase_masks": {"ie1": mask}, "descriptor": torch.cat([colours[:, :, 0], ie1], 1)})
+
+    def forward(self, x, masks=None):
+        return self.inspect(x, masks).descriptor
+
+
+def test_frozen_masks_keep_a_moving_mask_from_booking_its_move_to_the_painted_part(planted_set):
+    "IE1 never reads the torso: frozen masks find that; recomputed ones book the mask's move onto the legs to the torso."
+    losses = {mode: reliance_losses(part_reliance(ErasesTheMoreActiveBox(), *planted_set, H, W, parts=["torso", "legs"],
+                                                  masks=mode, progress=False)) for mode in ("frozen", "recomputed")}
+    assert abs(losses["frozen"]["ie1"]["torso"]) < 1 and losses["frozen"]["ie1"]["legs"] > 50
+    assert losses["recomputed"]["ie1"]["torso"] > 50                   # the mask moved onto the legs
+    assert losses["frozen"]["global"] == losses["recomputed"]["global"]  # no mask, no difference
+    with pytest.raises(ValueError, match="masks must be one of"):
+        part_reliance(ErasesTheMoreActiveBox(), *planted_set, H, W, masks="moving", progress=False)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_random_placement_erases_as_many_positions_as_eq1_elsewhere(training):
+    torch.manual_seed(0)
+    model = DeepMiner(5, backbone="resnet18", erase_placement="random").train(training)
+    x = torch.randn(6, 3, 128, 64)
+    with torch.no_grad():
+        inspection = model.inspect(x)
+        again = model.inspect(x).erase_masks
+    for name, mask in inspection.erase_masks.items():
+        eq1 = erase_mask(inspection.erase_inputs[name], 0.8)
+        assert torch.equal((mask == 0).sum((1, 2, 3)), (eq1 == 0).sum((1, 2, 3)))    # the same count, image by image
+        assert not torch.equal(mask, eq1)                                         # not the same places
+        assert torch.equal(again[name], mask) != training                          # fresh in training, fixed in eval
+
+
 def test_background_ring_is_background_of_equal_area_next_to_the_part():
     layout = torch.zeros(12, 8, dtype=torch.long)
     layout[3:7, 2:6] = PARTS.index("torso")
@@ -127,7 +170,7 @@ def test_balanced_world_is_unchanged_by_the_world_option(worlds, tmp_path):
 @pytest.mark.parametrize("sizes, message", [
     (dict(world="flat"), "world must be one of"),
     (dict(world="shortcut", train_ids=200), "train_ids must be at most 132"),
-    (dict(world="shortcut", shortcut_group=0), "shortcut_group must be between 1 and test_ids"),
+    (dict(world="shortcut", shortcut_group=101), "shortcut_group must be between 1 and test_ids"),
 ])
 def test_bad_world_settings_name_the_field(sizes, message):
     with pytest.raises(ValueError, match=message):
@@ -203,6 +246,26 @@ def test_committed_mechanism_cache_matches_todays_grid():
         assert r["commit"] != "unknown" and r["machine"] and r["command"] == "run_mechanism_grid()"
 
 
+def test_committed_128x64_cache_runs_of_todays_grid_fully_measured():
+    "Every cached run of the 128x64 grid is a run of GRID_128 (same config), to its rule or cap, with every measurement."
+    from deepminer.mechanism import GRID_128
+    from deepminer.runs import load_results
+    from deepminer.train import TrainConfig
+    repo = Path(__file__).resolve().parents[1]
+    records = load_results(repo / GRID_128["results"], ("world", "model", "seed", "config"))
+    assert records, f"{GRID_128['results']} holds no run"
+    sizes = {k: v for k, v in GRID_128.items() if k not in ("worlds", "models", "seeds", "results", "runs", "heldout")}
+    for r in records:
+        assert (r["world"], r["model"], r["seed"]) in {(w, m, s) for w in GRID_128["worlds"] for m in GRID_128["models"]
+                                                     for s in GRID_128["seeds"]}
+        assert TrainConfig.from_dict(r["config"]) == mechanism_config(r["world"], r["model"], r["seed"], **sizes)
+        assert r["converged"] or r["epochs"] == r["config"]["epochs"]
+        assert r["reliance"]["masks"] == "frozen" and set(r["reliance"]["painted"]) == set(PARTS[1:])
+        assert ("reliance_recomputed" in r) == (r["model"] != "baseline")
+        assert r["heldout"]["world"] == GRID_128["heldout"] and set(r["heldout"]["reliance"]["painted"]) == {"torso"}
+        assert r["commit"] != "unknown" and r["machine"] and r["wall_seconds"] > 0
+
+
 def test_committed_mechanism_cache_holds_the_whole_grid():
     "2 worlds × 4 networks × 3 seeds: every run of the grid is in the cache, once."
     from deepminer.mechanism import MECHANISM_RESULTS, MECHANISM_SEEDS
@@ -211,6 +274,7 @@ def test_committed_mechanism_cache_holds_the_whole_grid():
     repo = Path(__file__).resolve().parents[1]
     records = load_results(repo / MECHANISM_RESULTS, ("world", "model", "seed", "config"))
     keys = [(r["world"], r["model"], r["seed"]) for r in records]
-    expected = {(w, m, s) for w in WORLDS for m in MECHANISM_MODELS for s in MECHANISM_SEEDS}
+    models = ("deep_miner", "deep_miner_global", "deep_miner_tau1.0", "baseline")   # the 64x32 grid's networks
+    expected = {(w, m, s) for w in WORLDS for m in models for s in MECHANISM_SEEDS}
     assert len(expected) == 24 and len(keys) == len(set(keys))
     assert set(keys) == expected, f"missing: {sorted(expected - set(keys))}"
