@@ -24,10 +24,11 @@ from .visualize import erase_placement, erased_reliance, part_reliance, reliance
 
 # %% auto #0
 __all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'GRID_128',
-           'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'mechanism_config', 'world_set', 'make_world',
-           'measure_mechanism', 'run_mechanism', 'run_mechanism_grid', 'branch_scores', 'reliance_frame',
+           'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'COMPARISONS', 'mechanism_config', 'world_set',
+           'make_world', 'measure_mechanism', 'run_mechanism', 'run_mechanism_grid', 'branch_scores', 'reliance_frame',
            'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table', 'plot_reliance',
-           'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame']
+           'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame', 'interval_table',
+           'heldout_frame']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
@@ -304,3 +305,36 @@ def tilt_frame(records: Sequence[dict]) -> pd.DataFrame:
     ie = frame[frame.descriptor.str.startswith("ie")].copy()
     ie["tilt"] = 100 * (ie["share"].to_numpy() - g.reindex(pd.MultiIndex.from_frame(ie[[*KEYS, "part"]])).to_numpy())
     return ie[[*KEYS, "descriptor", "part", "tilt"]].reset_index(drop=True)
+
+# %% ../nbs/11b_mechanism.ipynb #35a57fec
+COMPARISONS = {"eq. (1) − τ = 1": ("deep_miner", "deep_miner_tau1.0"),       # does erasing pay?
+               "eq. (1) − random masks": ("deep_miner", "deep_miner_random"),  # does it matter where?
+               "random masks − τ = 1": ("deep_miner_random", "deep_miner_tau1.0"),  # does erasing anything pay?
+               "τ = 1 − baseline": ("deep_miner_tau1.0", "baseline")}          # what the extra branches buy
+
+
+def interval_table(frame: pd.DataFrame, value: str, comparisons: dict[str, tuple[str, str]] = COMPARISONS,
+                   by: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per comparison {name: (model, control)} (and world, `by`) that `frame` holds both sides of: the paired
+    difference in `value` as 'Δ [95 % interval]' (`paired_interval`), the seeds n and the seeds ahead."""
+    parts = {name: paired_interval(frame, value, model, control, by) for name, (model, control) in comparisons.items()}
+    parts = {name: t for name, t in parts.items() if len(t)}
+    if not parts:                                                          # no pair of runs yet
+        return pd.DataFrame(columns=["Δ [95 % interval]", "n", "ahead"])
+    table = pd.concat(parts, names=["comparison"])
+    table["Δ [95 % interval]"] = [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" if n > 1 else f"{d:+.1f} (one seed)"
+                                  for d, lo, hi, n in zip(table["Δ"], table["low"], table["high"], table["n"])]
+    return table[["Δ [95 % interval]", "n", "ahead"]]
+
+
+def heldout_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run and descriptor: the share of its mAP lost with the torso painted out on the test set
+    (`test torso share`) and on the held-out people of the run's 'heldout' world (`held-out torso share`), in %."""
+    rows = []
+    for r in (r for r in records if "heldout" in r):
+        test, held = reliance_losses(r["reliance"]), reliance_losses(r["heldout"]["reliance"])
+        for d, clean in r["heldout"]["reliance"]["clean"].items():
+            rows.append({**{k: r[k] for k in KEYS}, "descriptor": d, "held-out mAP": clean["mAP"],
+                         "held-out torso share": 100 * held[d]["torso"] / max(clean["mAP"], 1e-9),
+                         "test torso share": 100 * test[d]["torso"] / max(r["reliance"]["clean"][d]["mAP"], 1e-9)})
+    return pd.DataFrame(rows)

@@ -59,7 +59,7 @@ class DeviceSettings:
     device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
     amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
-    cpu_bf16: bool = False                # bfloat16 autocast and channels_last on the CPU (benchmarks/cpu_formats.py)
+    cpu_bf16: bool = False                # bfloat16 autocast on the CPU: only where it is native (avx512_bf16, AMX)
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
 # %% ../nbs/06_train.ipynb #c00a5a1c
@@ -466,7 +466,7 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
             self.device = torch.device("cuda", local_rank)
         self.amp = config.amp and self.device.type == "cuda"
         self.autocast_dtype = autocast_dtype(config, self.device)     # None: float32
-        self.channels_last = self.autocast_dtype is not None   # NHWC pays with reduced precision (CUDA and AMX)
+        self.channels_last = self.autocast_dtype is not None or self.device.type == "cpu"   # NHWC: where it pays
         seed_everything(config.seed)
         self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)
         self.num_classes = self.dataset.num_train_ids
