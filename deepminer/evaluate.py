@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .model import model_device
 from .ranking import MatchRanker, _distance_matrix, _labels
-from .rerank import re_ranking_features
+from .rerank import re_ranking, re_ranking_features  # noqa: F401  re_ranking: importable from here, as before 07b
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'METRICS', 'JUNK_PID', 'DISTRACTOR_PID', 'Features', 'normalize_features', 'extract_features',

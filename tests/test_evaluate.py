@@ -409,3 +409,9 @@ def test_re_ranking_clamps_rounding_negatives_and_refuses_real_ones():
     with pytest.raises(ValueError, match=r"g_g holds negative values \(down to -0.5\)"):
         np.fill_diagonal(noisy_g_g, -0.5)
         re_ranking(q_g, q_q, noisy_g_g)
+
+
+def test_re_ranking_still_imports_from_evaluate_where_users_imported_it():
+    from deepminer.evaluate import re_ranking
+    from deepminer.rerank import re_ranking as moved
+    assert re_ranking is moved
