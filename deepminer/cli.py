@@ -19,6 +19,7 @@ import torch
 
 from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
+from .erase import ERASE_PLACEMENTS
 from .model import ERASE_SOURCES, DeepMiner, DeepMinerConfig, RESNETS, WeightsUnavailable, branch_summary, check_input_size, format_branch_table
 from .export import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, export_checkpoint
 from .synthetic import WORLDS, SyntheticConfig, make_synthetic_reid
@@ -94,6 +95,7 @@ MODEL_HELP = {
     "tau": "erasing threshold in [0, 1], eq. (1)",
     "erase_source": "where ErO reads its mask: block (eq. 1, the maps it erases) or global (G's last feature maps, "
                     "a departure from the paper)",
+    "erase_placement": "where ErO erases: activation (eq. 1) or random (as many positions at random places: a control)",
     "local_branch": "the local (stripes) branch",
     "stripes": "horizontal stripes of the local branch",
     "sam": "the spatial attention module (SAM)",
@@ -103,7 +105,8 @@ MODEL_HELP = {
     "backbone_weights": "read the ImageNet weights from this local file instead of downloading them",
 }  # DeepMinerConfig field -> --help text
 MODEL_FLAGS = {"local_branch": "local", "backbone_weights": "backbone-weights", "ie_after": "ie-after",
-               "cham_gate": "cham-gate", "erase_source": "erase-source"}  # field -> flag name, where they differ
+               "cham_gate": "cham-gate", "erase_source": "erase-source",
+               "erase_placement": "erase-placement"}  # field -> flag name, where they differ
 MODEL_FIELDS = {f.name for f in fields(DeepMinerConfig)}
 
 # %% ../nbs/10_cli.ipynb #3bbbd90f
@@ -123,9 +126,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, defaults: DeepMinerConf
             continue
         options = dict(type=int, nargs="*", metavar="BLOCK") if f.name == "ie_after" else \
             dict(metavar="PATH") if f.name == "backbone_weights" else dict(type=type(value))
-        if f.name in ("backbone", "cham_gate", "erase_source"):
+        if f.name in ("backbone", "cham_gate", "erase_source", "erase_placement"):
             options["choices"] = {"backbone": sorted(RESNETS), "cham_gate": list(CHAM_GATES),
-                                  "erase_source": list(ERASE_SOURCES)}[f.name]
+                                  "erase_source": list(ERASE_SOURCES), "erase_placement": list(ERASE_PLACEMENTS)}[f.name]
         group.add_argument(f"--{name}", dest=f.name, default=default, help=help, **options)
     return parser
 

@@ -23,12 +23,12 @@ from .train import SYNTHETIC_ROOT, Trainer, TrainConfig, load_model, pick_device
 from .visualize import erase_placement, erased_reliance, part_reliance, reliance_losses
 
 # %% auto #0
-__all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_RESULTS', 'GRID_128',
-           'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'COMPARISONS', 'mechanism_config', 'world_set',
-           'make_world', 'measure_mechanism', 'run_mechanism', 'run_mechanism_grid', 'branch_scores', 'reliance_frame',
-           'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table', 'plot_reliance',
-           'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame', 'interval_table',
-           'heldout_frame']
+__all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_64_MODELS',
+           'MECHANISM_RESULTS', 'GRID_128', 'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'COMPARISONS',
+           'mechanism_config', 'world_set', 'make_world', 'measure_mechanism', 'run_mechanism', 'run_mechanism_grid',
+           'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table',
+           'plot_reliance', 'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame',
+           'interval_table', 'heldout_frame']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
@@ -49,6 +49,7 @@ MECHANISM_SIZE = dict(dataset="synthetic", model=dict(backbone="resnet18"), heig
                       lr=3e-3, warmup_epochs=2, warmup_start_lr=3e-4, milestones=(24,), eval_every=4,
                       cpu_bf16=True)  # TrainConfig settings of every run (epochs is the cap); the world sets the root
 MECHANISM_SEEDS = (0, 1, 2)
+MECHANISM_64_MODELS = ("deep_miner", "deep_miner_global", "deep_miner_tau1.0", "baseline")   # the 64x32 grid's networks
 MECHANISM_RESULTS = Path("nbs/results/mechanism.json")   # the cache, relative to the repository root
 
 
@@ -132,9 +133,9 @@ def run_mechanism_grid(worlds: Sequence[str] = ("balanced", "shortcut"), models:
                        command: str = "run_mechanism_grid()", progress: bool = True, runs: str | Path | None = None,
                        heldout: str | None = None, **overrides) -> list[dict]:
     """Every (seed, world, model) that the cache `results` lacks with the same configuration, seed by seed (so that a
-    partial grid holds whole seeds), each record saved as it comes (`run_cached`). `overrides` change
-    `MECHANISM_SIZE`; `runs`, `heldout`: see `run_mechanism`. Returns the records in order."""
-    models = list(MECHANISM_MODELS) if models is None else list(models)
+    partial grid holds whole seeds), each record saved as it comes (`run_cached`); by default the 64x32 grid.
+    `overrides` change `MECHANISM_SIZE`; `runs`, `heldout`: see `run_mechanism`. Returns the records in order."""
+    models = list(MECHANISM_64_MODELS) if models is None else list(models)
     configs = {(w, m, s): mechanism_config(w, m, s, **overrides) for s in seeds for w in worlds for m in models}
     return run_cached(configs, ("world", "model", "seed"),
                       lambda key, config: run_mechanism(*key, config, command, runs=runs, heldout=heldout),
