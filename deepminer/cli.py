@@ -254,7 +254,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     "Add a flag per `TrainConfig` setting to `parser`; a flag that is not given stays out of the parsed arguments."
     run = parser.add_argument_group("training (defaults: from --recipe)")
     for f in fields(TrainConfig):
-        if f.name in ("model", "dataset", "root", "dataset_options", "recipe", "amp", "cpu_bf16", "eval_flip", "augment", "pad_crop", "sync_bn"):
+        if f.name in ("model", "dataset", "root", "dataset_options", "recipe", "amp", "cpu_bf16", "channels_last", "eval_flip", "augment", "pad_crop", "sync_bn"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "milestones":
@@ -270,6 +270,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                      help="no mixed precision / channels_last on CUDA")
     run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
                      help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
+    run.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                     help="NHWC memory format (default: on the CPU and with mixed precision on CUDA, where it is faster)")
     run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
                      help="no random flip, crop or erasing (resize only)")
     run.add_argument("--pad-crop", dest="pad_crop", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

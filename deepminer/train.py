@@ -55,11 +55,12 @@ class DataSettings:
 
 @dataclass
 class DeviceSettings:
-    "Where a `TrainConfig` runs, and how fast: none of these changes what is learned on the CPU."
+    "Where a `TrainConfig` runs, and how fast: none of these changes what is learned, beyond rounding."
     device: str = "auto"                  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps"
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
     amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
     cpu_bf16: bool = False                # bfloat16 autocast on the CPU: only where it is native (avx512_bf16, AMX)
+    channels_last: bool | None = None     # NHWC memory; None: where it pays (the CPU, CUDA with amp); False: NCHW
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
 # %% ../nbs/06_train.ipynb #c00a5a1c
@@ -137,6 +138,8 @@ def check_train_config(config: TrainConfig):
     m = config.milestones
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
+    if config.channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be true, false or null (where it pays), got {config.channels_last!r}")
     if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
         raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
     if config.eval_every < 0:
@@ -465,10 +468,11 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         self.amp = config.amp and self.device.type == "cuda"
-        self.autocast_dtype = autocast_dtype(config, self.device)     # None: float32
-        self.channels_last = self.autocast_dtype is not None or self.device.type == "cpu"   # NHWC: where it pays
         seed_everything(config.seed)
         self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)
+        self.autocast_dtype = autocast_dtype(config, self.device)     # None: float32 (after the data: errors first)
+        self.channels_last = config.channels_last if config.channels_last is not None else \
+            self.autocast_dtype is not None or self.device.type == "cpu"                      # NHWC: where it pays
         self.num_classes = self.dataset.num_train_ids
         self.model = DeepMiner(self.num_classes, config.model).to(self.device)
         if config.sync_bn and self.world_size > 1:
