@@ -33,7 +33,8 @@ if cfg.get("pip_requirements"):
 min_python = cfg["min_python"]
 lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
 dev_requirements = (cfg.get("dev_requirements") or "").split()
-docs_requirements = (cfg.get("docs_requirements") or "").split()   # the website: python docs/build.py
+docs_requirements = [line.strip() for line in open("docs/requirements.txt", encoding="utf-8")   # the website
+                     if line.strip() and not line.lstrip().startswith("#")]                   # python docs/build.py
 extras = {name: (cfg.get(f"{name}_requirements") or "").split() for name in ("lessons", "onnx", "tensorboard")}
 
 package_data = dict()
@@ -55,7 +56,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "docs": docs_requirements, **extras},
+    extras_require={"dev": dev_requirements + docs_requirements, "docs": docs_requirements, **extras},
     dependency_links=cfg.get("dep_links", "").split(),
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),

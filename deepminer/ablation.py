@@ -25,6 +25,7 @@ __all__ = ['ABLATION_VARIANTS', 'PART_VARIANTS', 'TABLES', 'PAPER_MARKET1501', '
            'plot_part_share_difference', 'readme_results', 'branch_score_table']
 
 # %% ../nbs/11_ablation.ipynb #8fad89e6
+# variant -> its DeepMinerConfig: the paper's variants (Figure 7, Tables 1-4) and the τ = 1 control
 ABLATION_VARIANTS = {**{k: v for k, v in PAPER_VARIANTS.items() if k != "ie3"},      # ie3 = ie3_tau0.8
                      "deep_miner_tau1.0": replace(PAPER_VARIANTS["deep_miner"], tau=1.0)}  # control: nothing erased
 PART_VARIANTS = ("deep_miner", "deep_miner_tau1.0")  # variants whose branches' part shares are measured
@@ -49,6 +50,7 @@ PAPER_MARKET1501 = {
 ABLATION_SIZE = dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4,
                      epochs=6, lr=3e-3, warmup_epochs=1, warmup_start_lr=3e-4, milestones=(4,), eval_every=0,
                      cpu_bf16=True)  # TrainConfig settings of every ablation run (the variant sets the model; model: its backbone)
+# the seeds of every ablation variant
 SEEDS = (0, 1, 2)
 RESULTS = Path("nbs/results/ablation.json")  # the cache, relative to the repository root
 

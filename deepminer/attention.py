@@ -43,6 +43,7 @@ class SAM(nn.Module):
         return y + self.gamma * self.bn(out)
 
 # %% ../nbs/03_attention.ipynb #147ad9a5
+# CHAM's gate over channels: the sigmoid (our default) or the softmax of the paper's text
 CHAM_GATES = ("sigmoid", "softmax")
 
 

@@ -27,6 +27,7 @@ __all__ = ['FAULT_ACTIONS', 'RESUMABLE_CHANGES', 'CHECKPOINT_KEYS', 'fault_point
            'write_json']
 
 # %% ../nbs/06c_checkpoints.ipynb #b24a8970
+# what an injected fault does: Ctrl-C, a killed process, or an exception
 FAULT_ACTIONS = ("sigint", "sigkill", "error")
 _fault_passes: dict[str, int] = {}
 

@@ -107,6 +107,7 @@ MODEL_HELP = {
 MODEL_FLAGS = {"local_branch": "local", "backbone_weights": "backbone-weights", "ie_after": "ie-after",
                "cham_gate": "cham-gate", "erase_source": "erase-source",
                "erase_placement": "erase-placement"}  # field -> flag name, where they differ
+# the DeepMinerConfig fields, which the model flags set
 MODEL_FIELDS = {f.name for f in fields(DeepMinerConfig)}
 
 # %% ../nbs/10_cli.ipynb #3bbbd90f

@@ -27,6 +27,7 @@ __all__ = ['COMPUTE_BUDGETS', 'COMPUTE_SEEDS', 'COMPUTE_RESULTS', 'COMPUTE_KEYS'
 
 # %% ../nbs/11a_compute.ipynb #6e1f796d
 COMPUTE_BUDGETS = {"baseline": (14, 20, 28, 56), "deep_miner": (5, 10, 20)}  # model -> epochs of each of its runs
+# the seeds of every equal-compute run
 COMPUTE_SEEDS = (0, 1, 2)
 COMPUTE_RESULTS = Path("nbs/results/compute.json")  # the cache, relative to the repository root
 COMPUTE_KEYS = ("model", "epochs", "seed", "config")  # what every cached record holds

@@ -41,6 +41,7 @@ PUBLISHED_COUNTS = {  # key -> split -> (identities, images), junk excluded, dis
 }
 
 # %% ../nbs/01_data.ipynb #74cb9f80
+# the three parts of a re-ID benchmark
 SPLITS = ("train", "query", "gallery")
 
 
@@ -182,6 +183,7 @@ def check_files_exist(records: Sequence[Record], reader: str, source: Path):
                                 f"e.g. {missing[0]}")
 
 # %% ../nbs/01_data.ipynb #d381271d
+# split -> its folder in Market-1501's layout
 MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 
@@ -232,6 +234,7 @@ class SyntheticMarket(Market1501):
     published_key = None
 
 # %% ../nbs/01_data.ipynb #681a4c8b
+# what one epoch of the P×K sampler covers: every image once, or every identity once
 EPOCH_MODES = ("images", "identities")
 
 
@@ -336,7 +339,9 @@ class RandomIdentitySampler(Sampler[int]):
         return iter([index for batch in self.batches() for index in batch])
 
 # %% ../nbs/01_data.ipynb #ac254336
+# the RGB mean the backbones' ImageNet weights were trained with
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+# the RGB standard deviation the backbones' ImageNet weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -364,6 +369,7 @@ def build_transforms(height: int = 384, width: int = 128, train: bool = True, fl
     return T.Compose(steps)
 
 # %% ../nbs/01_data.ipynb #728f07c0
+# an unreadable image: raise an error naming it, or skip it and say so
 BAD_IMAGE_POLICIES = ("raise", "skip")
 
 
@@ -462,6 +468,7 @@ from tqdm.auto import tqdm
 from .folders import hold
 
 # %% ../nbs/01a_datasets.ipynb #33f1f610
+# the variables of the 767/700 split files (cuhk03_new_protocol_config_*.mat)
 CUHK03_MAT_FIELDS = ("filelist", "labels", "train_idx", "query_idx", "gallery_idx")
 
 
@@ -515,7 +522,9 @@ def read_cuhk03_mat(mat_path: Path, images: Path) -> dict[str, list[Record]]:
 
 # %% ../nbs/01a_datasets.ipynb #c1da4cd1
 CUHK03_RAW = "cuhk-03.mat"            # the official download (cuhk03_release.zip), a MATLAB v7.3 = HDF5 file
+# CUHK03's boxes: drawn by hand or by a detector
 CUHK03_KINDS = ("labeled", "detected")
+# the 767/700 split or the classic 20 random splits
 CUHK03_PROTOCOLS = ("new", "classic")
 
 
@@ -610,6 +619,7 @@ def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: boo
     return images
 
 # %% ../nbs/01a_datasets.ipynb #b5d5c481
+# an extracted CUHK03 image's file name: camera pair, person, view, image
 CUHK03_NAME = re.compile(r"^(?P<pair>[1-9])_(?P<person>\d{3})_(?P<view>[12])_(?P<image>\d{2})\.png$")
 
 
@@ -883,6 +893,7 @@ def combine_datasets(datasets: Sequence[ReIDDataset], test: int = 0, name: str |
     return CombinedDataset(datasets, test=test, name=name)
 
 # %% ../nbs/01a_datasets.ipynb #7dc339bc
+# a name -> its reader, for build_dataset and --dataset
 DATASETS = {"market1501": Market1501, "dukemtmcreid": DukeMTMCreID, "cuhk03": CUHK03, "msmt17": MSMT17,
             "synthetic": SyntheticMarket, "custom": CustomDataset}
 

@@ -88,6 +88,7 @@ def export_metadata(model: DeepMiner, height: int, width: int) -> dict:
 # %% ../nbs/10a_export.ipynb #5eaa8c10
 EXPORT_FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}  # format -> file suffix
 DEFAULT_EXPORT_FORMAT = "torchscript"                                  # needs nothing beyond PyTorch
+# the ONNX opset the exported extractor targets
 ONNX_OPSET = 17
 
 

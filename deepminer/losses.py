@@ -47,6 +47,7 @@ def triplet_loss(features: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return losses.mean() if reduction == "mean" else losses.sum()
 
 # %% ../nbs/05_losses.ipynb #a363313b
+# eq. (6) over a batch: the mean (Bag of Tricks) or half the sum (as written)
 CENTER_REDUCTIONS = ("mean", "half_sum")
 
 

@@ -38,6 +38,7 @@ WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): w
     "shortcut_own_tops": ("data/synthetic-shortcut-own-tops", dict(world="shortcut", shortcut_group=1)),  # one each
 }
 WORLD_ROOTS = {world: root for world, (root, _) in WORLD_SETS.items()}   # the set of each world
+# model -> the network it trains (DeepMinerConfig, or the baseline)
 MECHANISM_MODELS = {
     "deep_miner": PAPER_VARIANTS["deep_miner"],                                       # eq. (1), tau = 0.8
     "deep_miner_global": replace(PAPER_VARIANTS["deep_miner"], erase_source="global"),  # mask from G's Y4 (departure)
@@ -48,6 +49,7 @@ MECHANISM_MODELS = {
 MECHANISM_SIZE = dict(dataset="synthetic", model=dict(backbone="resnet18"), height=64, width=32, P=8, K=4, epochs=40,
                       lr=3e-3, warmup_epochs=2, warmup_start_lr=3e-4, milestones=(24,), eval_every=4,
                       cpu_bf16=True)  # TrainConfig settings of every run (epochs is the cap); the world sets the root
+# the seeds of every mechanism run
 MECHANISM_SEEDS = (0, 1, 2)
 MECHANISM_64_MODELS = ("deep_miner", "deep_miner_global", "deep_miner_tau1.0", "baseline")   # the 64x32 grid's networks
 MECHANISM_RESULTS = Path("nbs/results/mechanism.json")   # the cache, relative to the repository root
@@ -151,7 +153,9 @@ GRID_128 = dict(worlds=("shortcut_one_top",), models=("deep_miner", "deep_miner_
 # %% ../nbs/11b_mechanism.ipynb #13c98c6d
 MODEL_LABELS = {"deep_miner": "eq. (1)", "deep_miner_global": "G-sourced", "deep_miner_tau1.0": "τ = 1 control",
                 "deep_miner_random": "random-mask control", "baseline": "baseline"}   # short names for tables and plots
+# a descriptor's key -> its short name in tables and plots
 BRANCH_LABELS = {"global": "G", "ie1": "IE1", "ie2": "IE2", "local": "L", "all": "all"}
+# the fields that name one run of the grid
 KEYS = ["world", "model", "seed"]
 
 
@@ -243,6 +247,7 @@ def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", 
     return fig
 
 # %% ../nbs/11b_mechanism.ipynb #a326410a
+# model -> its colour in every plot of the grid
 MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "deep_miner_tau1.0": "tab:blue",
                  "deep_miner_random": "tab:green", "baseline": "tab:grey"}
 

@@ -38,6 +38,7 @@ REFERENCE_SIZE = dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backb
                       cpu_bf16=True)  # TrainConfig settings of every reference run (model: the backbone); epochs is the cap
 REFERENCE_VARIANTS = {"deep_miner": PAPER_VARIANTS["deep_miner"],
                       "deep_miner_tau1.0": replace(PAPER_VARIANTS["deep_miner"], tau=1.0)}  # the model and its control
+# the seeds of the reference runs
 REFERENCE_SEEDS = (0, 1, 2)
 REFERENCE_RESULTS = Path("nbs/results/reference.json")   # the cache, relative to the repository root
 REFERENCE_RUNS = Path("runs/reference")                  # run folders (checkpoints: not committed)

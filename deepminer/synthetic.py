@@ -130,6 +130,7 @@ class Camera:
     brightness: float
 
 
+# the background textures a camera's scenes are drawn with
 TEXTURES = ("gradient", "tiles", "stripes", "blotches")
 
 
@@ -165,8 +166,11 @@ def _background(camera: Camera, height: int, width: int, rng: np.random.Generato
     return np.clip(a + (b - a) * np.clip(t, 0, 1), 0, 255)
 
 # %% ../nbs/00_synthetic.ipynb #7bd724d1
+# skin tones (RGB)
 SKINS = ((236, 200, 170), (198, 150, 110), (120, 82, 56))
+# the directions a person faces the camera from
 FACINGS = ("front", "back", "left", "right")
+# a body build -> its width relative to the average
 BUILD_WIDTH = {"slim": 0.85, "average": 1.0, "broad": 1.2}
 
 
@@ -396,6 +400,7 @@ def render_image(person: Identity | None, camera: Camera, rng: np.random.Generat
 
 # %% ../nbs/00_synthetic.ipynb #69b340be
 WORLDS = ("balanced", "shortcut")   # SyntheticConfig.world
+# the colours of the shortcut world's tops, two bands each (SHORTCUT_TOPS)
 SHORTCUT_COLOURS = ("red", "blue", "green", "yellow", "white", "black", "grey", "orange", "pink", "purple", "cyan", "brown")
 SHORTCUT_TOPS = tuple((a, b) for a in SHORTCUT_COLOURS for b in SHORTCUT_COLOURS if a != b)  # (upper, lower) bands
 
@@ -477,6 +482,7 @@ def _check_sizes(config: SyntheticConfig):
         raise ValueError(f"shortcut_group must be between 1 and test_ids = {config.test_ids}, got {config.shortcut_group}")
 
 # %% ../nbs/00_synthetic.ipynb #5b37352e
+# the folders of Market-1501's layout that make_synthetic_reid writes
 MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 

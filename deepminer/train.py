@@ -555,6 +555,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset: str | None = None, root
     return {**run.metrics.as_dict(), "data": f"{data.name} at {Path(data.root).resolve() if isinstance(data.root, (str, Path)) else data.root}"}
 
 # %% ../nbs/06_train.ipynb #be44b824
+# the cpu recipe's epochs (the main job)
 CPU_EPOCHS = 20
 RECIPES = {
     "cpu": dict(dataset="synthetic", root=SYNTHETIC_ROOT, model=dict(backbone="resnet18"), height=64, width=32, P=16, K=4,

@@ -206,7 +206,9 @@ def mask_overlay(pictures: np.ndarray, mask: torch.Tensor, darken: float = 0.75)
     return np.round(pictures * (1 - darken * (1 - kept.numpy()))).astype(np.uint8)
 
 # %% ../nbs/08_visualize.ipynb #abb23d51
+# body part -> its colour in every part picture (colour-blind safe)
 PART_COLOURS = {"head": "#f0e442", "torso": "#009e73", "legs": "#56b4e9", "shoes": "#e69f00", "accessory": "#cc79a7"}
+# body part -> its short name in table columns
 PART_ABBREVIATIONS = {"background": "bg", "head": "head", "torso": "torso", "legs": "legs", "shoes": "shoes",
                       "accessory": "acc"}
 

@@ -1,8 +1,10 @@
 """Build the lessons as a website, offline: `python docs/build.py [FOLDER]` (default: `_docs/`, settings.ini's
 doc_path). The notebooks are copied with nbdev's directives taken out (`#| hide` and `#| default_exp` cells dropped,
-`#|` lines removed), the index gets the reading order as two tables of contents (the main path, then the
-appendices), MathJax is copied from jupyter-server-mathjax into the site, and Sphinx + myst-nb render the stored
-outputs; nothing is executed. Open FOLDER/index.html in a browser."""
+`#|` lines removed), notebook names in the prose become links, every exported name gets an API card below the cell
+that defines it (`api_cards.py`) and a line on the API reference page, and the index gets the reading order — read
+from its own two tables, the main path then the appendices — as tables of contents. MathJax is copied from
+jupyter-server-mathjax into the site, Sphinx + myst-nb render the stored outputs (nothing is executed), and what a
+reader never loads is left out (source maps, translations, unused icons). Open FOLDER/index.html in a browser."""
 from __future__ import annotations
 
 import argparse
@@ -14,20 +16,70 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_cards import Card, all_cards, reference_page  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-MATHJAX_PARTS = ("MathJax.js", "config", "jax/input/TeX", "jax/output/HTML-CSS", "jax/element", "extensions",
-                 "fonts/HTML-CSS/STIX-Web")   # what TeX input and HTML-CSS output need (3 of its 10 MB)
-MATHJAX_SKIP = ("extensions/a11y",)
+MATHJAX_PARTS = ("MathJax.js", "config", "jax/output/HTML-CSS", "jax/element", "extensions",
+                 "fonts/HTML-CSS/STIX-Web")   # what TeX input and HTML-CSS output need (2.5 of its 10 MB)
+MATHJAX_SKIP = ("extensions/a11y", "extensions/MathML",                     # not used, or inside the config file
+                "extensions/tex2jax.js", "extensions/mml2jax.js", "extensions/MathEvents.js", "extensions/MathMenu.js",
+                "extensions/MathZoom.js", "extensions/toMathML.js", "extensions/asciimath2jax.js")
 
 
-def is_appendix(notebook: dict) -> bool:
-    "True when the notebook's opening says it is an appendix (`01a_…`, `10_cli`, …)."
-    opening = " ".join("".join(c["source"]) for c in notebook["cells"][:3] if c["cell_type"] == "markdown")
-    return "appendix" in opening.lower()
+def reading_order(index: dict, names: list[str]) -> tuple[list[str], list[str]]:
+    """The main path and the appendices, in the order of the index's two tables (the first column of the table after
+    "The main path:" and of the one after "The appendices:"); every notebook must be in one of them."""
+    text = "\n".join("".join(c["source"]) for c in index["cells"] if c["cell_type"] == "markdown")
+    tables = {}
+    for caption in ("The main path:", "The appendices:"):
+        start = text.index(caption)
+        table = re.match(r"\s*((?:\|.*\n?)+)", text[start + len(caption):])[1]
+        tables[caption] = [m for m in re.findall(r"^\|\s*`([\w-]+)`\s*\|", table, re.M) if m in names]
+    main, appendices = tables.values()
+    missing = [n for n in names if n != "index" and n not in main + appendices]
+    if missing:
+        raise ValueError(f"nbs/index.ipynb's tables name no row for {', '.join(missing)}: add each to the main path's "
+                         f"or the appendices' table")
+    return main, appendices
 
 
-def lesson_cells(notebook: dict) -> dict:
-    "The notebook as a reader sees it: `#| hide` and `#| default_exp` cells dropped, other `#|` lines removed."
+def numbered_title(name: str, notebook: dict) -> str:
+    "The sidebar's title of a notebook: its number as the prose says it (`11`, `06a`) and its first heading."
+    heading = next((line[2:].strip() for c in notebook["cells"] if c["cell_type"] == "markdown"
+                    for line in "".join(c["source"]).splitlines() if line.startswith("# ")), name)
+    return f"{name.split('_')[0]} · {heading}"
+
+
+def toctrees(main: list[str], appendices: list[str], titles: dict[str, str]) -> str:
+    "The index's tables of contents, as MyST: the main path in order, then the appendices, then the API reference."
+    def toctree(caption: str, entries: list[str]) -> str:
+        return "```{toctree}\n:caption: " + caption + "\n:maxdepth: 1\n\n" + "\n".join(entries) + "\n```\n"
+    def entry(name: str) -> str:
+        return f"{titles[name]} <{name}>"
+    return "\n".join([toctree("The lessons", [entry(n) for n in main]),
+                      toctree("Appendices", [entry(n) for n in appendices]), toctree("Reference", ["api"])])
+
+
+def link_names(markdown: str, names: list[str]) -> str:
+    "Backquoted notebook names in prose (`02_erase`) become links to their pages; code blocks stay as written."
+    parts = re.split(r"(^```.*?^```)", markdown, flags=re.M | re.S)
+    pattern = re.compile(r"(?<![\[\w])`(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")`(?![\]\w])")
+    return "".join(part if part.startswith("```") else pattern.sub(r"[`\1`](\1.ipynb)", part) for part in parts)
+
+
+def markdown_cell(source: str, cell_id: str) -> dict:
+    return {"cell_type": "markdown", "id": cell_id, "metadata": {}, "source": source}
+
+
+def lesson_cells(notebook: dict, names: list[str] = (), cards: list[Card] = ()) -> dict:
+    """The notebook as a reader sees it: `#| hide` and `#| default_exp` cells dropped, other `#|` lines removed,
+    notebook names linked, each of `cards` below the cell that defines its name, and a `show_doc(Class.method)` cell
+    replaced by that method's card."""
+    below = {}
+    for card in cards:
+        below.setdefault(card.cell, []).append(card)
+    methods = {f"{c.name}.{m.name}": m for c in cards for m in c.methods}
     cells = []
     for cell in notebook["cells"]:
         source = "".join(cell["source"])
@@ -35,18 +87,22 @@ def lesson_cells(notebook: dict) -> dict:
             first = source.lstrip().split("\n", 1)[0]
             if re.match(r"#\|\s*(hide|default_exp)\b", first):
                 continue
+            shown = re.fullmatch(r"show_doc\(([\w.]+)\)", source.strip())
+            if shown and shown[1] in methods:
+                owner = shown[1].split(".")[0]
+                method = methods[shown[1]]
+                cells.append(markdown_cell(f"{method.directive(no_index=True).replace('{py:method} ', '{py:method} ' + owner + '.', 1)}",
+                                           cell["id"]))
+                continue
             source = "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("#|")).strip("\n")
+        elif cell["cell_type"] == "markdown":
+            source = link_names(source, names)
         cells.append({**cell, "source": source})
+        for i, card in enumerate(below.pop(cell.get("id"), [])):
+            cells.append(markdown_cell(card.directive(), f"{cell['id']}-api-{i}"))
+    for i, card in enumerate(c for stranded in below.values() for c in stranded):   # defined in a hidden cell
+        cells.append(markdown_cell(card.directive(), f"api-{i}"))
     return {**notebook, "cells": cells}
-
-
-def reading_order(names: list[str], appendix: dict[str, bool]) -> str:
-    "The index's tables of contents, as MyST: the main path in order, then the appendices."
-    def toctree(caption: str, entries: list[str]) -> str:
-        return "```{toctree}\n:caption: " + caption + "\n:maxdepth: 1\n\n" + "\n".join(entries) + "\n```\n"
-    lessons = [n for n in names if n != "index" and not appendix[n]]
-    appendices = [n for n in names if n != "index" and appendix[n]]
-    return toctree("The lessons", lessons) + "\n" + toctree("Appendices", appendices)
 
 
 def copy_mathjax(static: Path):
@@ -64,17 +120,55 @@ def copy_mathjax(static: Path):
 def prepare(source: Path, nbs: Path = ROOT / "nbs"):
     "Write the notebooks as pages into `source`, with conf.py's folder beside them, and MathJax in _static."
     notebooks = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(nbs.glob("*.ipynb"))}
-    appendix = {name: is_appendix(nb) for name, nb in notebooks.items()}
+    main, appendices = reading_order(notebooks["index"], list(notebooks))
+    titles = {name: numbered_title(name, nb) for name, nb in notebooks.items()}
+    cards = all_cards(ROOT / "deepminer")
     for name, notebook in notebooks.items():
-        page = lesson_cells(notebook)
+        page = lesson_cells(notebook, list(notebooks), [c for c in cards if c.notebook == name])
         if name == "index":
-            page["cells"].append({"cell_type": "markdown", "id": "reading-order", "metadata": {},
-                                  "source": reading_order(list(notebooks), appendix)})
+            page["cells"].append(markdown_cell(toctrees(main, appendices, titles), "reading-order"))
         (source / f"{name}.ipynb").write_text(json.dumps(page), encoding="utf-8")
+    (source / "api.md").write_text(reference_page(cards, titles), encoding="utf-8")
     shutil.copyfile(ROOT / "docs" / "conf.py", source / "conf.py")
     copy_mathjax(source / "_static")
     for asset in (ROOT / "docs" / "_static").glob("*") if (ROOT / "docs" / "_static").is_dir() else []:
         shutil.copyfile(asset, source / "_static" / asset.name)
+
+
+UNSTYLED_TOKENS = ("n", "p", "w")   # names, punctuation, spaces: pygments gives them the text's own colour
+
+
+def unwrap_unstyled(html: str) -> str:
+    """Pages without the spans that change nothing a reader sees (a third of their bytes): pygments' spans for names,
+    punctuation and spaces in highlighted code (they take the text's colour), and docutils' one span per word of
+    inline code (`span.pre`; custom.css keeps inline code on one line instead)."""
+    html = re.sub(r'<span class="pre">([^<]*)</span>', r"\1", html)
+    return re.sub(r'<span class="(?:' + "|".join(UNSTYLED_TOKENS) + r')">([^<]*)</span>', r"\1", html)
+
+
+def trim_fontawesome(static: Path, pages: list[str]):
+    "Keep only the icons the pages and the theme's scripts name (`fa-…`) in fontawesome.js: 1.5 MB of 1.6 MB go."
+    script = static / "scripts" / "fontawesome.js"
+    if not script.is_file():
+        return
+    used = {name for text in pages for name in re.findall(r"fa-([a-z0-9-]+)", text)}
+    used |= {name for js in static.rglob("*.js") if js != script for name in re.findall(r"fa-([a-z0-9-]+)", js.read_text(errors="ignore"))}
+    icon = re.compile(r'(?<=[{,])(?:"([a-z0-9-]+)"|([a-z0-9_]+)):\[\d+,\d+,\[[^\]]*\],"[0-9a-f]*",(?:"[^"]*"|\[[^\]]*\])\],?')
+    script.write_text(icon.sub(lambda m: m[0] if (m[1] or m[2]) in used else "", script.read_text(encoding="utf-8")),
+                      encoding="utf-8")
+
+
+def slim(site: Path):
+    "Leave out what a reader never loads — source maps, the theme's translations, unused icons — and unneeded spans."
+    for path in site.rglob("*.map"):
+        path.unlink()
+    shutil.rmtree(site / "_static" / "locales", ignore_errors=True)
+    pages = []
+    for page in site.glob("*.html"):
+        text = unwrap_unstyled(page.read_text(encoding="utf-8"))
+        page.write_text(text, encoding="utf-8")
+        pages.append(text)
+    trim_fontawesome(site / "_static", pages)
 
 
 def build(out: str | Path = ROOT / "_docs", quiet: bool = True) -> Path:
@@ -91,6 +185,7 @@ def build(out: str | Path = ROOT / "_docs", quiet: bool = True) -> Path:
                              str(source), str(site)])
         if status:
             raise RuntimeError(f"sphinx-build failed (status {status}); `python docs/build.py --verbose` says why")
+        slim(site)
         if out.exists():
             shutil.rmtree(out)                     # a site built here before (checked above)
         shutil.copytree(site, out)

@@ -74,3 +74,77 @@ def test_a_reader_follows_a_link_sees_typeset_equations_and_drags_the_static_exp
             assert not refused, f"the pages asked the network for {refused[:3]}"
         finally:
             browser.close()
+
+
+def docs_module(name: str):
+    "A module of docs/ (build.py, api_cards.py), imported as the build imports it."
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+
+
+def test_next_links_walk_the_index_tables_in_order(site):
+    import json
+    import re
+    build = docs_module("build")
+    names = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
+    main, appendices = build.reading_order(json.loads((ROOT / "nbs" / "index.ipynb").read_text(encoding="utf-8")), names)
+    assert main[:3] == ["00_synthetic", "01_data", "02_erase"] and "01a_datasets" in appendices
+    walked, page = [], "index"
+    while True:
+        found = re.search(r'<a class="right-next"\s+href="([\w-]+)\.html"', (site / f"{page}.html").read_text(encoding="utf-8"))
+        if not found:
+            break
+        page = found[1]
+        walked.append(page)
+        assert len(walked) <= len(names) + 1, f"the next links go round: {walked}"
+    assert walked == main + appendices + ["api"]
+
+
+def test_a_notebook_left_out_of_the_index_tables_is_named():
+    build = docs_module("build")
+    index = {"cells": [{"cell_type": "markdown", "source": "The main path:\n\n| notebook |\n|---|\n| `02_erase` |\n\n"
+                                                          "The appendices:\n\n| notebook |\n|---|\n| `07a_ranking` |\n"}]}
+    assert build.reading_order(index, ["index", "02_erase", "07a_ranking"]) == (["02_erase"], ["07a_ranking"])
+    with pytest.raises(ValueError, match="no row for 03_attention"):
+        build.reading_order(index, ["index", "02_erase", "03_attention", "07a_ranking"])
+
+
+def test_every_exported_name_has_a_card_in_its_lesson_and_a_line_in_the_reference(site):
+    cards = docs_module("api_cards").all_cards(ROOT / "deepminer")
+    assert len(cards) > 300
+    assert not [c.target for c in cards if not c.doc], "an exported name without a docstring or comment"
+    pages = {p.stem: p.read_text(encoding="utf-8") for p in site.glob("*.html")}
+    missing = [c.target for c in cards if f'id="{c.target}"' not in pages[c.notebook]]
+    assert not missing, f"no card for {missing[:5]}"
+    assert all(f'href="{c.notebook}.html#{c.target}"' in pages["api"] for c in cards)
+    assert "source{target=" not in "".join(pages.values())                     # no raw attribute text of show_doc
+    assert not list(site.rglob("*.map")) and not (site / "_static" / "locales").exists()
+
+
+def test_search_opens_a_function_card_and_no_code_block_scrolls_sideways(site):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto((site / "search.html").as_uri() + "?q=erase_mask")
+            first = page.locator("#search-results a").first
+            first.wait_for()
+            assert first.get_attribute("href").endswith("02_erase.html#deepminer.erase.erase_mask")
+            first.click()
+            page.wait_for_url("**/02_erase.html#deepminer.erase.erase_mask")
+            assert page.locator('dt[id="deepminer.erase.erase_mask"]').is_visible()
+            wide = {}
+            for html in sorted(site.glob("*.html")):
+                page.goto(html.as_uri())
+                found = page.evaluate("[...document.querySelectorAll('div.highlight pre')]"
+                                      ".filter(p => p.scrollWidth > p.clientWidth + 1).length")
+                if found:
+                    wide[html.stem] = found
+            assert not wide, f"code blocks that scroll sideways at 1280 px, per page: {wide}"
+        finally:
+            browser.close()
