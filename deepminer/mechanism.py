@@ -252,21 +252,39 @@ MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "de
                  "deep_miner_random": "tab:green", "baseline": "tab:grey"}
 
 
-def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut")):
-    "mAP against epoch of every run, one panel per world (colour: model, line style: seed); x: where each stopped."
+def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] | None = None, late: float = 0.4):
+    """Test mAP against epoch: one panel per model (rows) and world (columns); each seed a thin line ending in o
+    (stopping rule met) or x (stopped at the cap), their mean bold where every seed still runs. The y range holds the
+    last `late` of every run, where the models differ by a few points; earlier epochs fall below it."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 2.8), squeeze=False, sharey=True)
-    for ax, world in zip(axes[0], worlds):
-        for r in (r for r in records if r["world"] == world):
-            evals = [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h]
-            if not evals:
-                continue
-            label = f"{MODEL_LABELS[r['model']]}" if r["seed"] == 0 else None
-            ax.plot(*zip(*evals), color=MODEL_COLOURS[r["model"]], ls=("-", "--", ":")[r["seed"] % 3], lw=1, label=label)
-            ax.plot(*evals[-1], marker="o" if r["converged"] else "x", color=MODEL_COLOURS[r["model"]], ms=5)
-        ax.set(title=f"{world} world (o: stopping rule met, x: cap)", xlabel="epoch", ylabel="test mAP (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    worlds = worlds or list(dict.fromkeys(r["world"] for r in records))
+    models = [m for m in MODEL_COLOURS if any(r["model"] == m for r in records)]
+    curves = {id(r): [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h] for r in records}
+    tail = [m for r in records for e, m in curves[id(r)] if e >= (1 - late) * r["epochs"]]
+    fig, axes = plt.subplots(len(models), len(worlds), figsize=(4.6 * len(worlds), 2.1 * len(models) + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    for (i, model), (j, world) in ((m, w) for m in enumerate(models) for w in enumerate(worlds)):
+        ax, colour = axes[i, j], MODEL_COLOURS[model]
+        runs = [curves[id(r)] for r in records if r["world"] == world and r["model"] == model]
+        for r in (r for r in records if r["world"] == world and r["model"] == model):
+            ax.plot(*zip(*curves[id(r)]), color=colour, lw=0.8, alpha=0.6)
+            ax.plot(*curves[id(r)][-1], marker="o" if r["converged"] else "x", color=colour, ms=6, mfc="none")
+        common = sorted(set.intersection(*(set(e for e, _ in c) for c in runs))) if runs else []
+        ax.plot(common, [sum(dict(c)[e] for c in runs) / len(runs) for e in common], color=colour, lw=2.2)
+        ax.set_title(f"{MODEL_LABELS[model]}, {world} world", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test mAP (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0, 0].set_ylim(min(tail) - 2, max(tail) + 1.5)
+    fig.legend(handles=[Line2D([], [], color="k", lw=0.8, alpha=0.6, label="one seed"),
+                        Line2D([], [], color="k", lw=2.2, label="mean over seeds"),
+                        Line2D([], [], color="k", marker="o", mfc="none", ls="", label="stopping rule met"),
+                        Line2D([], [], color="k", marker="x", ls="", label="stopped at the cap")],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 # %% ../nbs/11b_mechanism.ipynb #ab7b8023

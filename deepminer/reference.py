@@ -250,7 +250,7 @@ def plot_learning_curves(records: Sequence[dict], ax=None):
     "mAP against epoch of every reference run (colour: variant, line style: seed), the stopping epochs marked."
     import matplotlib.pyplot as plt
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.4))
+        _, ax = plt.subplots(figsize=(10, 4))        # page width: six runs in one panel
     colours = dict(zip(REFERENCE_VARIANTS, ("tab:red", "tab:blue")))
     for r in records:
         evals = [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h]
