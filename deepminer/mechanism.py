@@ -24,11 +24,11 @@ from .visualize import erase_placement, erased_reliance, part_reliance, reliance
 
 # %% auto #0
 __all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_64_MODELS',
-           'MECHANISM_RESULTS', 'GRID_128', 'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'MODEL_COLOURS', 'COMPARISONS',
-           'mechanism_config', 'world_set', 'make_world', 'measure_mechanism', 'run_mechanism', 'run_mechanism_grid',
-           'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired', 'score_table', 'reliance_table',
-           'plot_reliance', 'plot_mechanism_curves', 'coverage_table', 'paired_interval', 'tilt_frame',
-           'interval_table', 'heldout_frame']
+           'MECHANISM_RESULTS', 'GRID_128', 'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'RELIANCE_VALUES', 'MODEL_COLOURS',
+           'COMPARISONS', 'mechanism_config', 'world_set', 'make_world', 'measure_mechanism', 'run_mechanism',
+           'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
+           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table',
+           'paired_interval', 'tilt_frame', 'interval_table', 'heldout_frame']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
@@ -229,6 +229,10 @@ def reliance_table(records: Sequence[dict], world: str, value: str = "share") ->
     return table.rename(index=MODEL_LABELS, level=0).rename(index=BRANCH_LABELS, level=1)
 
 
+RELIANCE_VALUES = {"share": "% of mAP lost", "loss": "mAP points lost", "ring": "mAP points lost, ring painted out",
+                   "excess": "points lost beyond the ring's"}   # reliance_frame's values, as a colour bar names them
+
+
 def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", "shortcut"), value: str = "share"):
     "One heat map per world of `reliance_table` without the whole descriptor: (model, branch) × part, in percent."
     import matplotlib.pyplot as plt
@@ -238,11 +242,15 @@ def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", 
     fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 0.26 * max(len(t) for t in tables.values()) + 1.2),
                              squeeze=False)
     for ax, (world, table) in zip(axes[0], tables.items()):
-        sns.heatmap(table * 100 if value == "share" else table, annot=True, fmt=".0f", cmap="magma", vmin=0,
-                    vmax=100 if value == "share" else None, cbar=ax is axes[0, -1], ax=ax, annot_kws={"fontsize": 7})
-        ax.set(title=f"{world} world: % of mAP lost, part painted out", xlabel="", ylabel="")
+        shown = (table * 100 if value == "share" else table).round(0) + 0.0     # + 0.0: no "-0" for a tiny loss
+        sns.heatmap(shown, annot=True, fmt=".0f", cmap="magma", vmin=0, vmax=100 if value == "share" else None,
+                    cbar=ax is axes[0, -1], cbar_kws={"label": RELIANCE_VALUES[value]}, ax=ax,
+                    annot_kws={"fontsize": 7})
+        ax.set(title=f"{world} world", xlabel="part painted out of every test image", ylabel="")
         ax.set_yticklabels([f"{m} · {b}" for m, b in table.index], fontsize=7)
         ax.set_xticklabels(table.columns, rotation=30, ha="right", fontsize=8)   # the same in both panels
+    fig.suptitle(f"{RELIANCE_VALUES[value]} when one part is painted out, per network and branch (mean over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
