@@ -466,6 +466,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
 def eval_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
     args = parse_with_config(eval_parser(), argv)
+    memory = args.rerank_memory_gb
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not 0 < memory < float("inf"):
+        raise ValueError(f"--rerank-memory-gb must be a finite number of GiB > 0, got {memory!r}")
     output = eval_output(args.checkpoint, args.output)
     with hold_folder(output, "deepminer-eval", created=True if args.output is None else None):   # one evaluation at a time
         if folder_files(output) and not args.replace:

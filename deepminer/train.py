@@ -138,6 +138,9 @@ def check_train_config(config: TrainConfig):
     m = config.milestones
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
+    sets, roots = config.dataset.split("+"), config.root if isinstance(config.root, list) else [config.root]
+    if len(sets) != len(roots):
+        raise ValueError(f"the datasets {sets} and the roots {roots} do not pair up: give one root per dataset, in order")
     if config.channels_last not in (None, True, False):
         raise ValueError(f"channels_last must be true, false or null (where it pays), got {config.channels_last!r}")
     if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):

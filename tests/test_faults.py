@@ -402,6 +402,9 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     "train --unknown-flag": (train_refusal("--unknown-flag"), ["unrecognized arguments"]),
     "train market1501 at a missing root": (train_refusal("--dataset", "market1501", "--root", "/nonexistent"),
                                            ["/nonexistent"]),
+    "train --dataset synthetic --root a b": (train_refusal("--dataset", "synthetic", "--root", "a", "b"),
+                                             ["the datasets ['synthetic'] and the roots ['a', 'b'] do not pair up"]),
+    "train --root a b without --dataset": (train_refusal("--root", "a", "b"), ["['synthetic']", "['a', 'b']"]),
     "train a mistyped synthetic root": (lambda folder, root, trained: (
         "train", train_args(folder / "typo", folder / "run"), {}, []), ["no synthetic set at"]),
     # deepminer-train: a run folder is never overwritten, nor resumed on another set
@@ -426,6 +429,9 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
         "eval", ["--checkpoint", trained / "checkpoint.pt", "--output", trained, "--quiet"], {}, [trained]),
         ["is a run folder"]),
     "eval --output a folder with files": (user_files, ["already holds files", "--replace"]),
+    **{f"eval --rerank-memory-gb {value}": (lambda folder, root, trained, value=value: (
+        "eval", ["--checkpoint", trained / "checkpoint.pt", "--rerank", "--rerank-memory-gb", value, "--quiet"], {},
+        [trained]), ["--rerank-memory-gb must be a finite number of GiB > 0", value]) for value in ("inf", "nan", "0")},
     # deepminer-export
     "eval --config with an unknown setting": (lambda folder, root, trained: (
         (folder / "e.json").write_text('{"flipp": true}'),
