@@ -30,12 +30,12 @@ from .synthetic import make_synthetic_reid
 
 # %% auto #0
 __all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_RECIPE', 'DataSettings', 'DeviceSettings',
-           'OptimSettings', 'TrainConfig', 'check_train_config', 'lr_at_epoch', 'pick_device', 'autocast_dtype',
-           'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch', 'ProgressBar',
-           'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop', 'make_optimizers',
-           'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe', 'RecipeSetting',
-           'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table', 'baseline_config',
-           'train_with_baseline', 'format_comparison', 'plot_history']
+           'OptimSettings', 'TrainConfig', 'check_data_and_device', 'check_train_config', 'lr_at_epoch', 'pick_device',
+           'autocast_dtype', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'LogFile', 'format_epoch',
+           'ProgressBar', 'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop',
+           'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe',
+           'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table',
+           'baseline_config', 'train_with_baseline', 'format_comparison', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -111,6 +111,17 @@ class TrainConfig(OptimSettings, DeviceSettings, DataSettings):
             raise ValueError(f"unknown TrainConfig settings: {sorted(unknown)}")
         return cls(**d, model=model)
 
+# %% ../nbs/06_train.ipynb #0df2fbc0
+def check_data_and_device(config: TrainConfig):
+    "Raise ValueError when the datasets and roots of `config` do not pair up, or a device setting is not of its kind."
+    sets, roots = config.dataset.split("+"), config.root if isinstance(config.root, list) else [config.root]
+    if len(sets) != len(roots):
+        raise ValueError(f"the datasets {sets} and the roots {roots} do not pair up: give one root per dataset, in order")
+    if config.channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be true, false or null (where it pays), got {config.channels_last!r}")
+    if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
+        raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
+
 # %% ../nbs/06_train.ipynb #d5d6c5d8
 RECIPE_NAMES = ("cpu", "strong", "paper")  # see `recipe`
 
@@ -138,13 +149,7 @@ def check_train_config(config: TrainConfig):
     m = config.milestones
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
-    sets, roots = config.dataset.split("+"), config.root if isinstance(config.root, list) else [config.root]
-    if len(sets) != len(roots):
-        raise ValueError(f"the datasets {sets} and the roots {roots} do not pair up: give one root per dataset, in order")
-    if config.channels_last not in (None, True, False):
-        raise ValueError(f"channels_last must be true, false or null (where it pays), got {config.channels_last!r}")
-    if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
-        raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
+    check_data_and_device(config)
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {config.eval_every}")
     for name, choices in (("bad_images", BAD_IMAGE_POLICIES), ("device", ("auto", "cpu", "cuda", "mps")),

@@ -467,7 +467,7 @@ class TauExplorer(_ExplorerViews):
         return fig
 
 # %% ../nbs/09_widgets.ipynb #213a82a3
-TAU_GRID = tuple(round(t, 2) for t in np.arange(0, 1.0001, 0.05))   # the static explorer's τ values
+TAU_GRID = tuple(round(t, 1) for t in np.arange(0, 1.0001, 0.1))   # the recorded τ values: Figure 7's steps
 
 
 def tau_frames(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), taus=TAU_GRID, quality: int = 40) -> dict:

@@ -22,7 +22,7 @@ class Card:
     name: str                         # erase_mask
     notebook: str                     # 02_erase
     cell: str                         # the id of the notebook cell that defines it
-    kind: str                         # function, class or data
+    kind: str                         # function, class, method or data
     signature: str                    # "(activation, tau)" ; "" for data
     doc: str                          # the docstring (or a constant's comment)
     methods: list[Card] = field(default_factory=list)
@@ -32,15 +32,15 @@ class Card:
     def target(self) -> str:
         return f"{self.module}.{self.name}"
 
-    def directive(self, no_index: bool = False) -> str:
-        "The card as a MyST directive (its methods nested inside a class's)."
+    def directive(self, no_index: bool = False, prefix: str = "") -> str:
+        "The card as a MyST directive (its methods nested inside a class's); `prefix`: before the name (`Class.`)."
         body = ([] if self.kind == "method" else [f":module: {self.module}"]) + ([":no-index:"] if no_index else []) \
             + ([f":value: {self.value}"] if self.value else [])
         text = "\n".join(body) + "\n\n" + self.doc
         for method in self.methods:
             text += "\n\n" + method.directive(no_index)
         fence = "`" * max(3, longest_backtick_run(text) + 1)
-        return f"{fence}{{py:{self.kind}}} {self.name}{self.signature}\n{text}\n{fence}"
+        return f"{fence}{{py:{self.kind}}} {prefix}{self.name}{self.signature}\n{text}\n{fence}"
 
 
 def first_sentence(doc: str, most: int = 200) -> str:
@@ -124,7 +124,7 @@ def module_cards(path: Path, package: str = "deepminer") -> list[Card]:
         names = [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else \
             [t.id for t in getattr(node, "targets", [getattr(node, "target", None)]) if isinstance(t, ast.Name)]
         for name in (n for n in names if n in exported):
-            line, notebook, cell = max((m for m in markers if m[0] <= node.lineno), default=(0, None, None))
+            _, notebook, cell = max((m for m in markers if m[0] <= node.lineno), default=(0, None, None))
             if notebook is None:
                 continue
             if isinstance(node, ast.ClassDef):

@@ -64,7 +64,8 @@ def toctrees(main: list[str], appendices: list[str], titles: dict[str, str]) -> 
 def link_names(markdown: str, names: list[str]) -> str:
     "Backquoted notebook names in prose (`02_erase`) become links to their pages; code blocks stay as written."
     parts = re.split(r"(^```.*?^```)", markdown, flags=re.M | re.S)
-    pattern = re.compile(r"(?<![\[\w])`(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")`(?![\]\w])")
+    alternatives = "|".join(map(re.escape, sorted(names, key=len, reverse=True)))   # the longest name first
+    pattern = re.compile(r"(?<![\[\w])`(" + alternatives + r")`(?![\]\w])")
     return "".join(part if part.startswith("```") else pattern.sub(r"[`\1`](\1.ipynb)", part) for part in parts)
 
 
@@ -89,10 +90,8 @@ def lesson_cells(notebook: dict, names: list[str] = (), cards: list[Card] = ()) 
                 continue
             shown = re.fullmatch(r"show_doc\(([\w.]+)\)", source.strip())
             if shown and shown[1] in methods:
-                owner = shown[1].split(".")[0]
-                method = methods[shown[1]]
-                cells.append(markdown_cell(f"{method.directive(no_index=True).replace('{py:method} ', '{py:method} ' + owner + '.', 1)}",
-                                           cell["id"]))
+                owner = shown[1].split(".")[0] + "."
+                cells.append(markdown_cell(methods[shown[1]].directive(no_index=True, prefix=owner), cell["id"]))
                 continue
             source = "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("#|")).strip("\n")
         elif cell["cell_type"] == "markdown":
@@ -141,7 +140,7 @@ UNSTYLED_TOKENS = ("n", "p", "w")   # names, punctuation, spaces: pygments gives
 def unwrap_unstyled(html: str) -> str:
     """Pages without the spans that change nothing a reader sees (a third of their bytes): pygments' spans for names,
     punctuation and spaces in highlighted code (they take the text's colour), and docutils' one span per word of
-    inline code (`span.pre`; custom.css keeps inline code on one line instead)."""
+    inline code (`span.pre`; custom.css lets inline code break only between words instead)."""
     html = re.sub(r'<span class="pre">([^<]*)</span>', r"\1", html)
     return re.sub(r'<span class="(?:' + "|".join(UNSTYLED_TOKENS) + r')">([^<]*)</span>', r"\1", html)
 
@@ -152,14 +151,16 @@ def trim_fontawesome(static: Path, pages: list[str]):
     if not script.is_file():
         return
     used = {name for text in pages for name in re.findall(r"fa-([a-z0-9-]+)", text)}
-    used |= {name for js in static.rglob("*.js") if js != script for name in re.findall(r"fa-([a-z0-9-]+)", js.read_text(errors="ignore"))}
-    icon = re.compile(r'(?<=[{,])(?:"([a-z0-9-]+)"|([a-z0-9_]+)):\[\d+,\d+,\[[^\]]*\],"[0-9a-f]*",(?:"[^"]*"|\[[^\]]*\])\],?')
+    used |= {name for js in static.rglob("*.js") if js != script
+             for name in re.findall(r"fa-([a-z0-9-]+)", js.read_text(errors="ignore"))}
+    icon = re.compile(r'(?<=[{,])(?:"([a-z0-9-]+)"|([a-z0-9_]+)):'                 # "name": or name:
+                      r'\[\d+,\d+,\[[^\]]*\],"[0-9a-f]*",(?:"[^"]*"|\[[^\]]*\])\],?')     # [w, h, [aliases], hex, path]
     script.write_text(icon.sub(lambda m: m[0] if (m[1] or m[2]) in used else "", script.read_text(encoding="utf-8")),
                       encoding="utf-8")
 
 
 def slim(site: Path):
-    "Leave out what a reader never loads — source maps, the theme's translations, unused icons — and unneeded spans."
+    "Leave out what a reader never loads (source maps, the theme's translations, unused icons) and unneeded spans."
     for path in site.rglob("*.map"):
         path.unlink()
     shutil.rmtree(site / "_static" / "locales", ignore_errors=True)

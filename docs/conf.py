@@ -23,7 +23,7 @@ html_theme = "sphinx_book_theme"
 html_title = "deepminer"
 html_theme_options = {"show_toc_level": 2, "use_download_button": False, "use_fullscreen_button": False}
 html_static_path = ["_static"]                  # build.py puts MathJax and the explorer's script there
-html_css_files = ["custom.css"]                 # docs/_static/custom.css: code wraps, inline code and math
+html_css_files = ["custom.css"]                 # docs/_static/custom.css: code wraps, inline code, the explorer
 mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"   # MathJax 2, from jupyter-server-mathjax
 html_show_sourcelink = False
 html_copy_source = False                        # the pages are the notebooks; their sources stay in nbs/

@@ -90,11 +90,13 @@ def test_next_links_walk_the_index_tables_in_order(site):
     import re
     build = docs_module("build")
     names = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
-    main, appendices = build.reading_order(json.loads((ROOT / "nbs" / "index.ipynb").read_text(encoding="utf-8")), names)
+    index = json.loads((ROOT / "nbs" / "index.ipynb").read_text(encoding="utf-8"))
+    main, appendices = build.reading_order(index, names)
     assert main[:3] == ["00_synthetic", "01_data", "02_erase"] and "01a_datasets" in appendices
     walked, page = [], "index"
     while True:
-        found = re.search(r'<a class="right-next"\s+href="([\w-]+)\.html"', (site / f"{page}.html").read_text(encoding="utf-8"))
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
+        found = re.search(r'<a class="right-next"\s+href="([\w-]+)\.html"', html)
         if not found:
             break
         page = found[1]
@@ -105,8 +107,9 @@ def test_next_links_walk_the_index_tables_in_order(site):
 
 def test_a_notebook_left_out_of_the_index_tables_is_named():
     build = docs_module("build")
-    index = {"cells": [{"cell_type": "markdown", "source": "The main path:\n\n| notebook |\n|---|\n| `02_erase` |\n\n"
-                                                          "The appendices:\n\n| notebook |\n|---|\n| `07a_ranking` |\n"}]}
+    tables = ("The main path:\n\n| notebook |\n|---|\n| `02_erase` |\n\n"
+              "The appendices:\n\n| notebook |\n|---|\n| `07a_ranking` |\n")
+    index = {"cells": [{"cell_type": "markdown", "source": tables}]}
     assert build.reading_order(index, ["index", "02_erase", "07a_ranking"]) == (["02_erase"], ["07a_ranking"])
     with pytest.raises(ValueError, match="no row for 03_attention"):
         build.reading_order(index, ["index", "02_erase", "03_attention", "07a_ranking"])
