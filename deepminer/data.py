@@ -11,13 +11,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 # %% auto #0
-__all__ = ['JUNK', 'IMAGE_EXTENSIONS', 'PUBLISHED_COUNTS', 'SPLITS', 'MARKET_FOLDERS', 'EPOCH_MODES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BAD_IMAGE_POLICIES', 'Record', 'ReIDDataset', 'check_root', 'require', 'image_files', 'check_files_exist', 'read_named_split', 'read_market_layout', 'Market1501', 'DukeMTMCreID', 'SyntheticMarket', 'max_batches', 'RandomIdentitySampler', 'build_transforms', 'read_image', 'ReIDImages', 'Loaders', 'build_dataloaders', 'CUHK03_MAT_FIELDS', 'CUHK03_RAW', 'CUHK03_KINDS', 'CUHK03_PROTOCOLS', 'CUHK03_NAME', 'MSMT17_FOLDERS', 'DATASETS', 'read_cuhk03_mat', 'find_cuhk03_raw', 'cuhk03_image_name', 'extract_cuhk03', 'read_cuhk03_testsets', 'read_cuhk03_classic', 'CUHK03', 'read_msmt17_list', 'MSMT17', 'CustomDataset', 'CombinedDataset', 'combine_datasets', 'dataset_options', 'build_dataset', 'parse_dataset_options']
+__all__ = ['JUNK', 'IMAGE_EXTENSIONS', 'PUBLISHED_COUNTS', 'SPLITS', 'MARKET_FOLDERS', 'EPOCH_MODES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'HIGH_DEPTH_MODES', 'BAD_IMAGE_POLICIES', 'Record', 'ReIDDataset', 'check_root', 'require', 'image_files', 'check_files_exist', 'read_named_split', 'read_market_layout', 'Market1501', 'DukeMTMCreID', 'SyntheticMarket', 'max_batches', 'RandomIdentitySampler', 'build_transforms', 'rgb8', 'read_image', 'ReIDImages', 'Loaders', 'build_dataloaders', 'CUHK03_MAT_FIELDS', 'CUHK03_RAW', 'CUHK03_KINDS', 'CUHK03_PROTOCOLS', 'CUHK03_NAME', 'MSMT17_FOLDERS', 'DATASETS', 'read_cuhk03_mat', 'find_cuhk03_raw', 'cuhk03_image_name', 'check_cuhk03_extraction', 'extract_cuhk03', 'read_cuhk03_testsets', 'read_cuhk03_classic', 'CUHK03', 'read_msmt17_list', 'MSMT17', 'CustomDataset', 'CombinedDataset', 'combine_datasets', 'dataset_options', 'build_dataset', 'parse_dataset_options']
 
 # %% ../nbs/01_data.ipynb #1dc3380b
 JUNK = -1  # pid of junk images: ignored everywhere (distractors, pid 0, are ordinary gallery images)
@@ -368,6 +369,30 @@ def build_transforms(height: int = 384, width: int = 128, train: bool = True, fl
         steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, ratio=(0.3, 3.3), value=0))
     return T.Compose(steps)
 
+# %% ../nbs/01_data.ipynb #c4a4fd23
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")   # PIL's 16/32-bit integer modes, which convert() clips
+
+
+def rgb8(image: Image.Image | np.ndarray) -> Image.Image:
+    """`image` (a PIL image, or an (H, W) or (H, W, 1|3|4) uint8/uint16 array) as an 8-bit RGB PIL image: 16-bit
+    values scaled to 0–255 (v·255/65535, rounded), grayscale copied into R, G and B, a palette looked up, alpha dropped."""
+    if isinstance(image, Image.Image):
+        if image.mode not in HIGH_DEPTH_MODES:
+            return image.convert("RGB")                      # 8-bit modes: L, LA, P, RGBA, CMYK, 1, …
+        image = np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be (H, W) or (H, W, 1, 3 or 4 channels), got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "ui" or array.min() < 0 or array.max() > 65535:
+            raise ValueError(f"an image array must hold 8- or 16-bit values (uint8, uint16), got {array.dtype} "
+                             f"from {array.min()} to {array.max()}")
+        array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)   # 16 bits -> 8, rounded
+    rgb = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
 # %% ../nbs/01_data.ipynb #728f07c0
 # an unreadable image: raise an error naming it, or skip it and say so
 BAD_IMAGE_POLICIES = ("raise", "skip")
@@ -377,7 +402,7 @@ def read_image(path: str | Path) -> Image.Image:
     "The image at `path`, fully decoded, as an RGB PIL image; an unreadable file raises an OSError naming it."
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return rgb8(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # what PIL raises on bad files
         raise OSError(f"cannot read the image {path} ({type(err).__name__}: {err}); expected an image file PIL can "
                       "decode (JPEG, PNG, BMP). Replace or delete it, or pass bad_images='skip' (--bad-images skip) to "
@@ -575,26 +600,35 @@ def _cuhk03_array(mat, ref) -> np.ndarray:
     return mat[ref][()].T
 
 # %% ../nbs/01a_datasets.ipynb #2ff325f5
-def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool) -> int:
-    "Write the images of cuhk-03.mat's cell array `kind` into `folder` as PNG files; return how many."
+def _cuhk03_images(mat, kind: str, raw: Path):
+    "Yield (file name, reference) of each non-empty cell of cuhk-03.mat's cell array `kind`, person by person."
     pairs = [_cuhk03_array(mat, ref) for ref in _cuhk03_cells(mat, kind, raw)]   # each (people, 10) references
-    count = 0
-    with tqdm(total=sum(len(people) for people in pairs), desc=f"CUHK03 {kind}", unit="person",
-              disable=not progress) as bar:
-        for pair, people in enumerate(pairs, start=1):
-            for person, row in enumerate(people, start=1):
-                for column, ref in enumerate(row):
-                    image = _cuhk03_array(mat, ref)
-                    if image.ndim != 3:   # an empty cell: MATLAB stores [] as a 2-element array
-                        continue
-                    if image.dtype != np.uint8 or image.shape[2] != 3:
-                        raise ValueError(f"CUHK03: {raw}: {kind} pair {pair} person {person} image {column + 1} is "
-                                         f"{image.dtype} of shape {image.shape}; expected uint8 (H, W, 3)")
-                    name = cuhk03_image_name(pair, person, column)
-                    Image.fromarray(np.ascontiguousarray(image)).save(folder / name)
-                    count += 1
-                bar.update()
-    return count
+    for pair, people in enumerate(pairs, start=1):
+        for person, row in enumerate(people, start=1):
+            for column, ref in enumerate(row):
+                if len(mat[ref].shape) == 3:   # an empty cell: MATLAB stores [] as a 2-element array
+                    yield cuhk03_image_name(pair, person, column), ref
+
+
+def _write_cuhk03_images(mat, kind: str, raw: Path, folder: Path, progress: bool) -> int:
+    "Write the images of cuhk-03.mat's cell array `kind` into `folder` as 8-bit RGB PNG files (`rgb8`); return how many."
+    images = list(_cuhk03_images(mat, kind, raw))
+    for name, ref in tqdm(images, desc=f"CUHK03 {kind}", unit="img", disable=not progress):
+        try:
+            image = rgb8(_cuhk03_array(mat, ref))          # 16-bit or grayscale cells as the loaders read such files
+        except ValueError as err:
+            raise ValueError(f"CUHK03: {raw}: the {kind} image {name} cannot be made 8-bit RGB: {err}") from None
+        image.save(folder / name)
+    return len(images)
+
+
+def check_cuhk03_extraction(images: Path, mat, kind: str, raw: Path):
+    "Raise FileNotFoundError when `images` lacks any image of `kind` that cuhk-03.mat holds (a partial copy)."
+    expected = [name for name, _ in _cuhk03_images(mat, kind, raw)]
+    missing = sorted(set(expected) - {p.name for p in image_files(images)})
+    if missing:
+        raise FileNotFoundError(f"CUHK03: {images} lacks {len(missing)} of the {len(expected)} {kind} images of {raw}, "
+                                f"e.g. {missing[0]}: delete the folder to extract them again")
 
 # %% ../nbs/01a_datasets.ipynb #f2ff15a3
 def extract_cuhk03(raw: str | Path, kind: str, images: str | Path, progress: bool = True) -> Path:
@@ -693,6 +727,8 @@ def _cuhk03_classic(root: Path, kind: str, raw: Path | None, split: int, progres
     if not 0 <= split < len(testsets):
         raise ValueError(f"CUHK03: split must be 0..{len(testsets) - 1} (the classic splits of {raw}), got {split}")
     images = extract_cuhk03(raw, kind, root / f"images_{kind}", progress)
+    with _open_cuhk03_raw(raw) as mat:                 # a folder made earlier, or copied by hand, must be whole
+        check_cuhk03_extraction(images, mat, kind, raw)
     return read_cuhk03_classic(images, testsets[split])
 
 # %% ../nbs/01a_datasets.ipynb #b6483fa3
