@@ -212,7 +212,7 @@ class Checkpointing(RunState):
                                       + ("; resume=True (--resume) continues from it" if self.epoch else ""))
 
 # %% ../nbs/06c_checkpoints.ipynb #e360e8f2
-RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "eval_every", "recipe")  # settings a resumed run may change
+RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "eval_every", "recipe", "with_baseline")  # may change on resume
 CHECKPOINT_KEYS = {"config", "model", "epoch", "optimizer"}                       # what a training checkpoint holds
 
 

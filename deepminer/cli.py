@@ -16,6 +16,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from .attention import CHAM_GATES
 from .distributed import broadcast_object, init_distributed
@@ -29,15 +30,15 @@ from .checkpoint import write_json
 from .logbook import KeepCheckpoints, TensorBoardLog
 from .folders import folder_files, hold_folder, new_folder
 from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate_checkpoint,
-                             format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train,
-                             train_with_baseline)
+                             format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train_run)
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'METRIC_NAMES', 'EVAL_FILES',
            'OneLineParser', 'one_line', 'command', 'add_model_arguments', 'model_config', 'summary_parser',
-           'summary_main', 'synth_parser', 'synth_main', 'read_config_file', 'train_parser', 'train_config_from_args',
-           'train_main', 'eval_parser', 'eval_output', 'parse_with_config', 'eval_main', 'export_parser', 'export_main',
-           'ablate_parser', 'ablate_main', 'reference_parser', 'reference_main']
+           'summary_main', 'synth_parser', 'synth_main', 'read_config_file', 'train_parser', 'config_file_settings',
+           'train_config_from_args', 'train_main', 'eval_parser', 'eval_output', 'option_value', 'parse_with_config',
+           'eval_main', 'export_parser', 'export_main', 'ablate_parser', 'ablate_main', 'reference_parser',
+           'reference_main']
 
 # %% ../nbs/10_cli.ipynb #0cc91fe7
 class OneLineParser(argparse.ArgumentParser):
@@ -297,8 +298,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", nargs="+", metavar="FOLDER", help="dataset folder(s), one per --dataset (default: data/<dataset>)")
     parser.add_argument("--dataset-option", nargs="+", metavar="KEY=VALUE", dest="dataset_option",
                         help="reader options, e.g. kind=detected protocol=classic split=3 (cuhk03), with_val=true (msmt17)")
-    parser.add_argument("--config", metavar="FILE", help="start from the settings in FILE (a run's config.json, or YAML "
-                        "of the same keys) instead of a recipe; the flags given override them")
+    parser.add_argument("--config", metavar="FILE", help="the settings in FILE, a run's config.json (which reproduces the run, "
+                        "its baseline included) or YAML of its keys; flags override them. A partial file falls back on the "
+                        "recipe it names, else on the flags' default (cpu for the synthetic set, strong for the others)")
     parser.add_argument("--recipe", choices=list(RECIPES),
                         help="settings to start from: cpu (the synthetic main job), strong (the paper with Bag of Tricks' "
                              "habits) or paper (§3-§4.1 as written); default: cpu for the synthetic set, strong otherwise")
@@ -322,9 +324,24 @@ def train_parser() -> argparse.ArgumentParser:
     return add_model_arguments(_add_train_arguments(parser), defaults=None)
 
 # %% ../nbs/10_cli.ipynb #1ec12525
+def config_file_settings(path: str | Path) -> dict:
+    """The `TrainConfig` settings in the JSON or YAML file `path`, the model's as a dict under 'model' (an older run
+    folder's flat model options moved there); a one-line error naming an unknown key or a model that is no mapping."""
+    settings = read_config_file(path)
+    flat = {k: settings.pop(k) for k in list(settings) if k in MODEL_FIELDS}     # an older run folder's model options
+    model = settings.get("model") or {}
+    if not isinstance(model, dict):
+        raise ValueError(f"--config {path}: model must be a mapping of DeepMinerConfig options, got {model!r}")
+    if unknown := sorted(set(settings) - {f.name for f in fields(TrainConfig)}):
+        raise ValueError(f"--config {path}: unknown TrainConfig settings {unknown}")
+    return {**settings, "model": {**model, **flat}}
+
+# %% ../nbs/10_cli.ipynb #67a1c93b
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The `TrainConfig` of parsed `deepminer-train` arguments: the settings of `--config FILE`, or else the recipe,
-    then every flag that was given."""
+    """The `TrainConfig` of parsed `deepminer-train` arguments: a recipe — `--recipe`, else the one `--config FILE`
+    names, else cpu for the synthetic set and strong for the others — then FILE's settings, then every flag given. A
+    partial file thus means what the same settings given as flags mean. A baseline is trained beside Deep Miner with
+    --with-baseline, not with --no-baseline, else as FILE says, else for the synthetic set."""
     if vars(args).get("augment") is False and vars(args).get("pad_crop") is True:
         raise ValueError("--pad-crop is part of the augmentation that --no-augment turns off: give one of them")
     if args.config and args.recipe:
@@ -336,18 +353,18 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         given["dataset"] = "+".join(args.dataset)
     if args.dataset_option is not None:
         given["dataset_options"] = parse_dataset_options(args.dataset_option)
-    base = TrainConfig.from_dict(read_config_file(args.config)) if args.config else None
-    name = args.recipe or (base.recipe if base else None) or ("cpu" if given.get("dataset", "synthetic") == "synthetic" else "strong")
-    dataset = given.get("dataset", base.dataset if base else RECIPES[name].get("dataset", "synthetic"))
+    file = config_file_settings(args.config) if args.config else {"model": {}}
+    dataset = given.get("dataset", file.get("dataset", "synthetic"))
+    name = args.recipe or file.get("recipe") or ("cpu" if dataset == "synthetic" else "strong")
     if "root" in given:
         given["root"] = given["root"][0] if len(given["root"]) == 1 else given["root"]
-    elif "dataset" in given and dataset != (base.dataset if base else RECIPES[name].get("dataset")):
+    elif "dataset" in given and dataset != file.get("dataset", RECIPES[name].get("dataset")):
         roots = [f"data/{d}" for d in dataset.split("+")]
         given["root"] = roots[0] if len(roots) == 1 else roots
-    model = {k: given.pop(k) for k in MODEL_FIELDS & set(given)}   # the model flags that were given
-    if base is None:
-        return recipe(name, **given, model=model)
-    return replace(base, **given, model=replace(base.model, **model))
+    model = {**file.pop("model"), **{k: given.pop(k) for k in MODEL_FIELDS & set(given)}}   # the file's, then flags
+    baseline = args.baseline if args.baseline is not None else file.get("with_baseline", dataset == "synthetic")
+    config = recipe(name, **{**file, **given, "with_baseline": baseline}, model=model)
+    return replace(config, recipe=file["recipe"]) if "recipe" in file else config   # a file's null: made by hand
 
 # %% ../nbs/10_cli.ipynb #47c18c6f
 @command("deepminer-train")
@@ -367,7 +384,6 @@ def train_main(argv: list[str] | None = None) -> None:
         output = Path(broadcast_object(str(new_folder(f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")) if rank == 0 else None))
     else:
         output = Path(args.output)
-    with_baseline = args.baseline if args.baseline is not None else config.dataset == "synthetic"
     if rank == 0:
         processes = f" x {world_size} processes" if world_size > 1 else ""
         start_from = "ImageNet weights" if config.model.pretrained else "from scratch"
@@ -380,10 +396,7 @@ def train_main(argv: list[str] | None = None) -> None:
                   + ", ".join(f"{k} {show_setting(new)} ({config.recipe}: {show_setting(old)})" for k, (old, new) in departures.items()))
     start = time.perf_counter()
     try:
-        if with_baseline:
-            results = train_with_baseline(config, output, args.resume, callbacks, progress=not args.quiet)
-        else:
-            results = {"Deep Miner": train(config, output, args.resume, callbacks, progress=not args.quiet)}
+        results = train_run(config, output, args.resume, callbacks, progress=not args.quiet)
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
@@ -409,7 +422,7 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset-option", nargs="+", metavar="KEY=VALUE", dest="dataset_option",
                         help="reader options of --dataset, e.g. kind=detected (cuhk03) (default: the training run's)")
     parser.add_argument("--config", metavar="FILE", help="read these options from FILE (JSON or YAML, e.g. the metrics.json "
-                        "of an earlier evaluation); the flags given override them")
+                        "of an earlier evaluation, whose root is stored absolute); the flags given override them")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017, k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--rerank-memory-gb", type=float, default=4.0, metavar="GB", help="the re-ranking's memory bound, "
                         "GiB besides the query x gallery distances (default: %(default)s; MSMT17 needs about 10)")
@@ -445,7 +458,30 @@ def eval_output(checkpoint: str | Path, output: str | Path | None) -> Path:
         raise FileExistsError(f"--output {output} is a run folder (its metrics.json is training's): choose another folder")
     return output
 
+# %% ../nbs/10_cli.ipynb #26c0ee2e
+def option_value(action: argparse.Action, value, name: str):
+    """`value` (from a config file) as the command line would make it for `action`: true/false for a switch, the
+    action's type for each item (a list where it takes several), one of its choices; a ValueError naming `name`."""
+    if value is None:
+        return None                                              # the option's own default
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        try:
+            return TypeAdapter(bool).validate_python(value)      # true, false, "false", 0, 1 …
+        except ValidationError:
+            raise ValueError(f"{name} must be true or false, got {value!r}") from None
+    several = action.nargs in ("+", "*")
+    items = value if several and isinstance(value, list) else [value]
+    try:
+        items = [action.type(str(v)) if action.type and not isinstance(v, bool) else v for v in items]
+    except (TypeError, ValueError):
+        items = None
+    if items is None or any(isinstance(v, (bool, list, dict)) for v in items) or \
+            (action.choices is not None and any(v not in action.choices for v in items)):
+        what = f"one of {list(action.choices)}" if action.choices else getattr(action.type, "__name__", "a string")
+        raise ValueError(f"{name} must be {what}{' (or a list of them)' if several else ''}, got {value!r}")
+    return items if several else items[0]
 
+# %% ../nbs/10_cli.ipynb #322407d6
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse `argv`; with `--config FILE`, the file's settings (keys: the options' names, e.g. batch_size) are the
     defaults the flags override. Keys that name no option are refused, except metrics an evaluation wrote beside them."""
@@ -454,14 +490,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     path = first.parse_known_args(argv)[0].config
     if path:
         settings = {k: v for k, v in read_config_file(path).items() if k not in METRIC_NAMES}
-        if unknown := sorted(set(settings) - {a.dest for a in parser._actions} - {"help", "config"}):
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+        if unknown := sorted(set(settings) - set(actions)):
             raise ValueError(f"--config {path}: {', '.join(unknown)} name no option of {parser.prog}")
-        parser.set_defaults(**settings)
+        parser.set_defaults(**{k: option_value(actions[k], v, f"--config {path}: {k}") for k, v in settings.items()})
         for action in parser._actions:            # an option the file gives is no longer required on the command line
             action.required = action.required and action.dest not in settings
     return parser.parse_args(argv)
 
-
+# %% ../nbs/10_cli.ipynb #c674b577
 @command("deepminer-eval")
 def eval_main(argv: list[str] | None = None) -> None:
     "Console script `deepminer-eval`: evaluate a checkpoint, print the metrics, save plots and metrics.json."
@@ -482,6 +519,7 @@ def eval_main(argv: list[str] | None = None) -> None:
                                       branches=args.branches, dataset_options=options, num_workers=args.num_workers,
                                       max_memory_gb=args.rerank_memory_gb)
         settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "replace", "config", "output")}
+        settings["root"] = str(Path(root).resolve()) if root else None      # absolute: the same set from any folder
         write_json(output / "metrics.json", {**metrics, **settings})
     print(f"{metrics['data']}: " + "  ".join(f"{name} {metrics[key]:.1f}" for key, name in
           (("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"))))

@@ -75,14 +75,15 @@ def extract_features(model: torch.nn.Module, loader: Iterable, flip: bool = Fals
     model.eval()
     features, pids, camids = [], [], []
     try:
-        with torch.no_grad():
-            total = len(loader) if hasattr(loader, "__len__") else None
-            for index, batch in enumerate(tqdm(loader, desc=desc, total=total, disable=not progress, leave=False)):
+        total = len(loader) if hasattr(loader, "__len__") else None
+        with torch.no_grad(), tqdm(desc=desc, total=total, disable=not progress, leave=False) as bar:
+            for index, batch in enumerate(loader):     # counted beside the loader: see ProgressBar in 06_train
                 images, batch_pids, batch_camids = _batch(batch, index)   # (B, 3, H, W), (B,), (B,)
                 out = _batch_features(model, images.to(device, non_blocking=True), flip)   # (B, D)
                 features.append(normalize_features(out.float(), normalize, dims).cpu())
                 pids.append(batch_pids)
                 camids.append(batch_camids)
+                bar.update()
     finally:
         model.train(was_training)
     if not features:

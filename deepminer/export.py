@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import transforms as T
 
 import deepminer
-from .data import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image
+from .data import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image, rgb8
 from .checkpoint import fault_point
 from .evaluate import branch_columns
 from .model import DeepMiner, model_device
@@ -286,7 +286,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
 # %% ../nbs/10a_export.ipynb #197da800
 class ImageFeatureExtractor:
     """Person images -> re-ID features, from a training checkpoint (e.g. RUN/checkpoint.pt) or an exported file
-    (*.torchscript.pt, *.onnx). Call it with an image file, a PIL image, an (H, W, 3) uint8 array, or a list of them:
+    (*.torchscript.pt, *.onnx). Call it with an image file, a PIL image, an (H, W, 3) uint8 array (or
+    16-bit, or grayscale: made 8-bit RGB as the loaders do, `rgb8`), or a list of them:
     it resizes each to the model's input size, batches `batch_size` at a time on `device` (checkpoints; exports run
     on the CPU) and returns features (N, D), float32, on the CPU. `metadata`: `export_metadata` of the model."""
 
@@ -304,16 +305,12 @@ class ImageFeatureExtractor:
         self.batch_size = batch_size
 
     def _image(self, image) -> Image.Image:
-        "An RGB PIL image of a file path, a PIL image or an (H, W, 3) uint8 array."
+        "An 8-bit RGB PIL image of a file path, a PIL image or an (H, W[, C]) uint8 or uint16 array (`rgb8`)."
         if isinstance(image, (str, Path)):
             return read_image(image)
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-            image = Image.fromarray(image)
-        if not isinstance(image, Image.Image):
+        if not isinstance(image, (Image.Image, np.ndarray)):
             raise TypeError(f"expected an image file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
-        return image.convert("RGB")
+        return rgb8(image)                       # 8-bit RGB as the loaders make it (16-bit, grayscale, palette, alpha)
 
     def __call__(self, images) -> torch.Tensor:
         "Features (N, D) of `images` (one image or a list of them), in order."

@@ -6,12 +6,17 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+import functools
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torchvision
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import Bottleneck
@@ -22,8 +27,9 @@ from .erase import ERASE_PLACEMENTS, ErO, check_tau
 # %% auto #0
 __all__ = ['RESNETS', 'ATTENTION_AFTER', 'ERASE_SOURCES', 'PAPER_VARIANTS', 'WeightsUnavailable', 'imagenet_weights_file',
            'build_resnet', 'block_channels', 'make_stages', 'InputErasedBranch', 'StripePool', 'BranchOutput', 'BNNeck',
-           'DeepMinerConfig', 'check_model_config', 'check_input_size', 'check_images', 'make_heads', 'Inspection',
-           'BranchHeads', 'DeepMiner', 'model_device', 'branch_summary', 'format_branch_table']
+           'DeepMinerConfig', 'check_model_config', 'describe_type', 'coerce_fields', 'check_input_size',
+           'check_images', 'make_heads', 'Inspection', 'BranchHeads', 'DeepMiner', 'model_device', 'branch_summary',
+           'format_branch_table']
 
 # %% ../nbs/04_model.ipynb #9ff4f4eb
 RESNETS = {
@@ -203,6 +209,7 @@ class DeepMinerConfig:
     backbone_weights: str | None = None    # read them from this local file instead of torchvision's download
 
     def __post_init__(self):
+        coerce_fields(self)                # each field as its type says, or a ValueError naming it
         check_model_config(self)
 
     def baseline(self) -> DeepMinerConfig:
@@ -226,8 +233,7 @@ def check_model_config(c: DeepMinerConfig):
     "Raise ValueError naming the first bad option of `c`; normalise `ie_after` (sorted) and a weights file (pretrained)."
     if c.backbone not in RESNETS:
         raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {c.backbone!r}")
-    if isinstance(c.ie_after, (int, str)) or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 3
-                                                    for i in c.ie_after):
+    if any(not 1 <= i <= 3 for i in c.ie_after):        # integers already (coerce_fields)
         raise ValueError(f"ie_after must hold block positions 1, 2 or 3 (an IE branch follows B1, B2 or B3), got {c.ie_after!r}")
     c.ie_after = tuple(sorted(c.ie_after))
     if len(set(c.ie_after)) != len(c.ie_after):
@@ -237,13 +243,51 @@ def check_model_config(c: DeepMinerConfig):
         raise ValueError(f"erase_source must be one of {list(ERASE_SOURCES)}, got {c.erase_source!r}")
     if c.erase_placement not in ERASE_PLACEMENTS:
         raise ValueError(f"erase_placement must be one of {list(ERASE_PLACEMENTS)}, got {c.erase_placement!r}")
-    if isinstance(c.stripes, bool) or not isinstance(c.stripes, int) or c.stripes < 1:
+    if c.stripes < 1:
         raise ValueError(f"stripes must be an integer >= 1 (horizontal stripes of the local branch), got {c.stripes!r}")
     if c.cham_gate not in CHAM_GATES:
         raise ValueError(f"cham_gate must be one of {CHAM_GATES}, got {c.cham_gate!r}")
     if c.backbone_weights is not None:   # a weights file is a pretrained start
-        c.backbone_weights, c.pretrained = str(c.backbone_weights), True
+        c.pretrained = True
 
+
+# %% ../nbs/04_model.ipynb #7d409f1b
+_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false values"),
+          str: ("a string", "strings"), type(None): ("null", "nulls")}   # a type -> (one, several) in error messages
+
+
+def describe_type(hint, plural: bool = False) -> str:
+    "A type annotation in words, e.g. tuple[int, ...] -> 'a list of integers', int | None -> 'an integer or null'."
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(describe_type(a, plural) for a in args)
+    if origin in (tuple, list):
+        return f"{'lists' if plural else 'a list'} of {describe_type(args[0], True)}"
+    if origin is dict:
+        return f"{'mappings' if plural else 'a mapping'} of {describe_type(args[0], True)} to {describe_type(args[1], True)}"
+    return _WORDS.get(hint, (f"a {getattr(hint, '__name__', hint)}",) * 2)[plural]
+
+
+@functools.cache
+def _field_checks(cls) -> dict:
+    "{field: (annotation, pydantic TypeAdapter)} of the dataclass `cls`, nested dataclasses left out."
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], TypeAdapter(hints[f.name])) for f in fields(cls) if not is_dataclass(hints[f.name])}
+
+
+def coerce_fields(config):
+    """Store each field of the dataclass `config` as its annotation says: pydantic's lax mode converts what reads
+    unambiguously as the type (a list as a tuple, '1e-3' as 0.001, 'false' as False, 5.0 as 5, a Path as a string);
+    anything else — a number where a list is due, True where a number is — raises a ValueError naming the field, the
+    value and the type. Nested dataclasses check themselves."""
+    for name, (hint, adapter) in _field_checks(type(config)).items():
+        value = getattr(config, name)
+        plain = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value] if isinstance(value, (list, tuple)) \
+            else os.fspath(value) if isinstance(value, os.PathLike) else value
+        try:   # strict for True/False: a flag is no number
+            setattr(config, name, adapter.validate_python(plain, strict=True if isinstance(value, bool) else None))
+        except ValidationError:
+            raise ValueError(f"{name} must be {describe_type(hint)}, got {value!r}") from None
 
 # %% ../nbs/04_model.ipynb #68b9c506
 def check_input_size(config: DeepMinerConfig, height: int, width: int):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import read_image, rgb8
 from .evaluate import RankMetrics, evaluate_rank, protocol_masks
 from .ranking import _distance_matrix, _labels
 
@@ -79,12 +80,11 @@ def plot_distance_histograms(distmat, q_pids, g_pids, q_camids, g_camids, ax=Non
 
 # %% ../nbs/07c_plots.ipynb #fdf403b3
 def _load_image(image) -> np.ndarray:
-    "An RGB (H, W, 3) array from a path, a PIL image or an array."
+    "An 8-bit RGB (H, W, 3) array from a path or a PIL image (`rgb8`), or an array as it is."
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(read_image(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(rgb8(image))
     return np.asarray(image)
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 import deepminer
-from .data import ReIDImages, build_dataset, build_transforms
+from .data import ReIDImages, build_dataset, build_transforms, read_image
 from .evaluate import descriptor_macs, evaluate_branches
 from .model import DeepMiner, PAPER_VARIANTS
 from .runs import git_commit, load_results, machine_name, run_cached, save_results
@@ -224,7 +223,7 @@ def reference_probe(root: str | Path, n: int = 6, height: int = 128, width: int 
         raise ValueError(f"{root} has {len(firsts)} query identities, fewer than n = {n}")
     records = [firsts[round(i * (len(firsts) - 1) / max(n - 1, 1))] for i in range(n)]
     transform = build_transforms(height, width, train=False)
-    with_images = [transform(Image.open(r.path).convert("RGB")) for r in records]
+    with_images = [transform(read_image(r.path)) for r in records]
     return torch.stack(with_images), records
 
 # %% ../nbs/06a_reference.ipynb #afac64b0

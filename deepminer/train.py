@@ -24,7 +24,7 @@ from .data import BAD_IMAGE_POLICIES, ReIDImages, build_dataloaders, build_datas
 from .distributed import barrier, broadcast_object, convert_sync_batchnorm, gather_batch, init_distributed
 from .evaluate import evaluate, evaluate_distances
 from .losses import CENTER_REDUCTIONS, DeepMinerLoss
-from .model import BranchOutput, DeepMiner, DeepMinerConfig, check_input_size
+from .model import BranchOutput, DeepMiner, DeepMinerConfig, check_input_size, coerce_fields
 from .plots import save_evaluation_plots
 from .synthetic import make_synthetic_reid
 
@@ -35,7 +35,7 @@ __all__ = ['RECIPE_NAMES', 'SYNTHETIC_ROOT', 'CPU_EPOCHS', 'RECIPES', 'PAPER_REC
            'ProgressBar', 'TrainingSteps', 'TrainingDiverged', 'EpochTotals', 'TrainingEpoch', 'TrainingLoop',
            'make_optimizers', 'prepare_data', 'Trainer', 'train', 'load_model', 'evaluate_checkpoint', 'recipe',
            'RecipeSetting', 'show_setting', 'recipe_value', 'recipe_departures', 'format_recipe_table',
-           'baseline_config', 'train_with_baseline', 'format_comparison', 'plot_history']
+           'baseline_config', 'train_with_baseline', 'train_run', 'format_comparison', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #85cb4bcc
 @dataclass
@@ -43,7 +43,7 @@ class DataSettings:
     "The data side of a `TrainConfig`: which set, the image size, the P×K batches and the augmentations."
     dataset: str = "market1501"           # a key of deepminer.data.DATASETS, "synthetic", or several joined by "+"
     root: str | list[str] = "data/market1501"   # one folder per dataset
-    dataset_options: dict = field(default_factory=dict)   # the readers' options, e.g. {"kind": "detected"}
+    dataset_options: dict[str, str | int | float | bool] = field(default_factory=dict)   # the readers' options, e.g. {"kind": "detected"}
     height: int = 384
     width: int = 128
     P: int = 16                           # identities per batch
@@ -90,10 +90,11 @@ class TrainConfig(OptimSettings, DeviceSettings, DataSettings):
     eval_flip: bool = False
     seed: int = 0
     recipe: str | None = None             # the recipe it was made from (`recipe`); None: made by hand
+    with_baseline: bool = False           # `train_run`: also train the global-only baseline, in RUN/deep_miner + RUN/baseline
 
     def __post_init__(self):
         self.model = DeepMinerConfig.from_dict(self.model) if isinstance(self.model, dict) else self.model
-        self.milestones = tuple(self.milestones)
+        coerce_fields(self)                   # each setting as its annotation says, or one line naming it (04_model)
         self.pad_crop = self.pad_crop and self.augment    # without augmentation there is no crop either
         check_train_config(self)
 
@@ -117,9 +118,7 @@ def check_data_and_device(config: TrainConfig):
     sets, roots = config.dataset.split("+"), config.root if isinstance(config.root, list) else [config.root]
     if len(sets) != len(roots):
         raise ValueError(f"the datasets {sets} and the roots {roots} do not pair up: give one root per dataset, in order")
-    if config.channels_last not in (None, True, False):
-        raise ValueError(f"channels_last must be true, false or null (where it pays), got {config.channels_last!r}")
-    if config.num_workers is not None and (isinstance(config.num_workers, bool) or config.num_workers < 0):
+    if config.num_workers is not None and config.num_workers < 0:
         raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {config.num_workers!r}")
 
 # %% ../nbs/06_train.ipynb #d5d6c5d8
@@ -133,7 +132,7 @@ def check_train_config(config: TrainConfig):
     for name in ("height", "width", "P", "K", "epochs", "warmup_epochs"):
         value, least = getattr(config, name), {"warmup_epochs": 0, "K": 2}.get(name, 1)  # K: a positive pair per person
         most = 4096 if name in ("height", "width") else None                             # pixels; re-ID crops are small
-        if isinstance(value, bool) or not isinstance(value, int) or value < least or (most and value > most):
+        if value < least or (most and value > most):                                   # an integer (coerce_fields)
             raise ValueError(f"{name} must be an integer >= {least}{f' and <= {most}' if most else ''}, got {value!r}")
     for name in ("lr", "warmup_start_lr", "center_lr"):
         if not 0 < getattr(config, name) < float("inf"):
@@ -147,7 +146,7 @@ def check_train_config(config: TrainConfig):
         if not getattr(config, name) >= 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     m = config.milestones
-    if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in m) or list(m) != sorted(set(m)):
+    if any(e < 1 for e in m) or list(m) != sorted(set(m)):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {list(m)}")
     check_data_and_device(config)
     if config.eval_every < 0:
@@ -252,26 +251,29 @@ def format_epoch(logs: dict) -> str:
 
 # %% ../nbs/06_train.ipynb #85e44a00
 class ProgressBar(Callback):
-    "A tqdm bar over each epoch's batches, showing the loss every `every` steps."
-    order = -10   # wraps the batches before any other callback sees the epoch
+    """A tqdm bar over each epoch's batches, showing the loss every `every` steps. It counts batches as they end
+    instead of wrapping the loader: tqdm.auto's bar calls iter() on what it wraps at once, and each DataLoader
+    iterator draws a seed from the global random state, so a wrapped loader would train another model than --quiet."""
+    order = -10   # opens its bar before any other callback sees the epoch
 
     def __init__(self, every: int = 10):
-        self.every = every
+        self.every, self.bar = every, None
 
     def on_epoch_begin(self, trainer):
-        trainer.batches = tqdm(trainer.batches, desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}",
-                               leave=False, unit="batch")
+        self.bar = tqdm(total=len(trainer.batches), desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}",
+                        leave=False, unit="batch")
 
     def on_batch_end(self, trainer, logs):
+        self.bar.update()
         if trainer.step % self.every == 0:
-            trainer.batches.set_postfix(loss=f"{float(logs['loss']):.3f}")
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
 
     def on_epoch_end(self, trainer, logs):
-        trainer.batches.close()
+        self.bar.close()
 
     def on_train_end(self, trainer):  # an epoch that ended by an exception leaves its bar open
-        if hasattr(getattr(trainer, "batches", None), "close"):
-            trainer.batches.close()
+        if self.bar is not None:
+            self.bar.close()
 
 # %% ../nbs/06_train.ipynb #3aa46595
 class TrainingSteps:
@@ -673,17 +675,27 @@ def format_recipe_table(config: TrainConfig | None = None) -> str:
 
 # %% ../nbs/06_train.ipynb #dcfec0cc
 def baseline_config(config: TrainConfig) -> TrainConfig:
-    "`config` with the model replaced by the global-only baseline (no IE branch, no local branch, no attention)."
-    return replace(config, model=config.model.baseline())
+    "`config` with the model replaced by the global-only baseline (no IE, local or attention) and no baseline of its own."
+    return replace(config, model=config.model.baseline(), with_baseline=False)
 
 
 def train_with_baseline(config: TrainConfig, output: str | Path, resume: bool = False, callbacks=(),
                         progress: bool = True) -> dict[str, dict]:
     """Train Deep Miner as `config` says and the global-only baseline with the same settings, in `output`/deep_miner
-    and `output`/baseline; returns {"Deep Miner": metrics, "baseline": metrics}."""
+    and `output`/baseline (Deep Miner's config.json says `with_baseline`: it reproduces both); returns
+    {"Deep Miner": metrics, "baseline": metrics}."""
     output = Path(output)
-    return {"Deep Miner": train(config, output / "deep_miner", resume, callbacks, progress),
+    return {"Deep Miner": train(replace(config, with_baseline=True), output / "deep_miner", resume, callbacks, progress),
             "baseline": train(baseline_config(config), output / "baseline", resume, callbacks, progress)}
+
+
+def train_run(config: TrainConfig, output: str | Path, resume: bool = False, callbacks=(),
+              progress: bool = True) -> dict[str, dict]:
+    """What `config` describes, in `output`: Deep Miner alone, or with `config.with_baseline` Deep Miner and the
+    baseline (`train_with_baseline`). Returns {"Deep Miner": metrics} or both; `deepminer-train` calls it."""
+    if config.with_baseline:
+        return train_with_baseline(config, output, resume, callbacks, progress)
+    return {"Deep Miner": train(config, output, resume, callbacks, progress)}
 
 
 def format_comparison(results: dict[str, dict]) -> str:
