@@ -256,7 +256,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     "Add a flag per `TrainConfig` setting to `parser`; a flag that is not given stays out of the parsed arguments."
     run = parser.add_argument_group("training (defaults: from --recipe)")
     for f in fields(TrainConfig):
-        if f.name in ("model", "dataset", "root", "dataset_options", "recipe", "amp", "cpu_bf16", "channels_last", "eval_flip", "augment", "pad_crop", "sync_bn"):
+        if f.name in ("model", "dataset", "root", "dataset_options", "recipe", "amp", "cpu_bf16", "channels_last", "eval_flip", "augment", "pad_crop", "sync_bn",
+                      "with_baseline"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "milestones":

@@ -7,6 +7,7 @@ A subprocess spends about 4 s importing torch and torchvision, so the commands t
 started when the module's first test starts, one at a time in a background thread, and checked at the end: the other
 tests (training runs, mostly) use the second core meanwhile."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -386,6 +387,15 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
     "train --config NOT-UTF-8": (lambda folder, root, trained: (
         (folder / "c.json").write_bytes(b"\xff\xfe{"), train_refusal("--config", folder / "c.json")(folder, root, trained))[1],
         ["cannot be read as JSON"]),
+    **{f"train --config holding {text.strip()}": (lambda folder, root, trained, text=text: (
+        (folder / "c.yaml").write_text(text), train_refusal("--config", folder / "c.yaml")(folder, root, trained))[1],
+        needles) for text, needles in (
+        ("milestones: 5\n", ["milestones must be a list of integers, got 5"]),
+        ("dataset_options: detected\n", ["dataset_options must be a mapping of strings", "got 'detected'"]),
+        ("lr: fast\n", ["lr must be a number, got 'fast'"]),
+        ("eval_every: true\n", ["eval_every must be an integer, got True"]),
+        ("model: resnet50\n", ["model must be a mapping of DeepMinerConfig options"]),
+        ("model: {tau: high}\n", ["tau must be a number, got 'high'"]))},
     "train --config and --recipe": (lambda folder, root, trained: train_refusal(
         "--config", trained / "config.json", "--recipe", "cpu")(folder, root, trained), ["choose one"]),
     "train --backbone-weights EMPTY": (lambda folder, root, trained: (
@@ -433,6 +443,14 @@ REFUSALS = {  # case id -> (setup, needles[, marks])
         "eval", ["--checkpoint", trained / "checkpoint.pt", "--rerank", "--rerank-memory-gb", value, "--quiet"], {},
         [trained]), ["--rerank-memory-gb must be a finite number of GiB > 0", value]) for value in ("inf", "nan", "0")},
     # deepminer-export
+    **{f"eval --config holding {text}": (lambda folder, root, trained, text=text: (
+        (folder / "e.yaml").write_text(text + "\n"),
+        ("eval", ["--checkpoint", trained / "checkpoint.pt", "--config", folder / "e.yaml", "--quiet"], {}, [trained]))[1],
+        needles) for text, needles in (
+        ('rerank: "maybe"', ["rerank must be true or false, got 'maybe'"]),
+        ("batch_size: many", ["batch_size must be int", "'many'"]),
+        ("normalize: l2", ["normalize must be one of ['none', 'branch', 'all']", "'l2'"]),
+        ("branches: [global, 3]", ["branches must name", "3"]))},
     "eval --config with an unknown setting": (lambda folder, root, trained: (
         (folder / "e.json").write_text('{"flipp": true}'),
         ("eval", ["--checkpoint", trained / "checkpoint.pt", "--config", folder / "e.json", "--quiet"], {}, [trained]))[1],
@@ -588,15 +606,63 @@ def test_a_csv_that_is_not_utf8_is_named(tmp_path):
                    "train.csv is not UTF-8")
 
 
-def test_config_reproduces_a_run(tiny_set, trained, tmp_path):
-    result = run("train", "--config", trained / "config.json", "--output", tmp_path / "again", "--no-baseline", "--quiet")
-    succeeded(result)
-    import json
-    old, new = (json.loads((folder / "metrics.json").read_text()) for folder in (trained, tmp_path / "again"))
-    assert json.loads((trained / "config.json").read_text()) == json.loads((tmp_path / "again" / "config.json").read_text())
+def same_run(old: Path, new: Path):
+    "Assert that run folders `old` and `new` hold the same config.json, metrics and per-epoch losses."
+    assert json.loads((old / "config.json").read_text()) == json.loads((new / "config.json").read_text())
+    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (old, new))
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
-        assert new[key] == old[key], key
-    assert [h["loss"] for h in new["history"]] == [h["loss"] for h in old["history"]]
+        assert after[key] == before[key], key
+    assert [h["loss"] for h in after["history"]] == [h["loss"] for h in before["history"]]
+
+
+def test_config_reproduces_a_run_without_a_baseline_in_its_layout(tiny_set, trained, tmp_path):
+    succeeded(run("train", "--config", trained / "config.json", "--output", tmp_path / "again", "--quiet"))
+    assert not (tmp_path / "again" / "baseline").exists()                   # no baseline: the run had none
+    same_run(trained, tmp_path / "again")
+
+
+def test_config_reproduces_a_run_with_a_baseline_in_its_layout(tiny_set, tmp_path):
+    flags = [f for f in TINY_FLAGS if f != "--no-baseline"]
+    succeeded(run("train", "--root", tiny_set, "--output", tmp_path / "run", "--epochs", 1, *flags, "--with-baseline"))
+    succeeded(run("train", "--config", tmp_path / "run" / "deep_miner" / "config.json", "--output", tmp_path / "again",
+                  "--quiet"))
+    for model in ("deep_miner", "baseline"):
+        same_run(tmp_path / "run" / model, tmp_path / "again" / model)
+
+
+def test_quiet_and_progress_bars_train_the_same_model(tiny_set, trained, tmp_path):
+    flags = [f for f in TINY_FLAGS if f != "--quiet"]
+    succeeded(run("train", "--root", tiny_set, "--output", tmp_path / "bars", "--epochs", 1, *flags))
+    quiet, bars = (load_checkpoint(folder / "checkpoint.pt")["model"] for folder in (trained, tmp_path / "bars"))
+    assert all(torch.equal(quiet[k], bars[k]) for k in quiet)
+
+
+def test_a_partial_config_file_means_what_the_same_flags_mean(tmp_path):
+    from deepminer.cli import train_config_from_args, train_parser
+    (tmp_path / "c.yaml").write_text("root: data/x\nepochs: 3\nlr: 1e-3\nmilestones: [2]\n")   # YAML: '1e-3' is a string
+    from_file = train_config_from_args(train_parser().parse_args(["--config", str(tmp_path / "c.yaml")]))
+    from_flags = train_config_from_args(train_parser().parse_args(
+        ["--root", "data/x", "--epochs", "3", "--lr", "1e-3", "--milestones", "2"]))
+    assert from_file == from_flags and from_file.recipe == "cpu" and from_file.lr == 0.001
+    assert from_file.with_baseline                                          # the synthetic set's default, as for flags
+
+
+def test_eval_config_reads_typed_values_and_an_absolute_root(tiny_set, trained, tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    shutil.copytree(tiny_set, here / "tiny")
+    elsewhere.mkdir()
+    succeeded(run("eval", "--checkpoint", trained / "checkpoint.pt", "--root", "tiny", "--output", here / "ev", "--quiet",
+                  cwd=here))
+    first = json.loads((here / "ev" / "metrics.json").read_text())
+    assert first["root"] == str((here / "tiny").resolve())
+    (here / "e.yaml").write_text(f'rerank: "false"\nroot: {first["root"]}\n')
+    succeeded(run("eval", "--checkpoint", trained / "checkpoint.pt", "--config", here / "e.yaml", "--output",
+                  elsewhere / "ev", "--quiet", cwd=elsewhere))
+    again = json.loads((elsewhere / "ev" / "metrics.json").read_text())
+    assert again["rerank"] is False and again["mAP"] == first["mAP"]      # "false" is false: no re-ranking
+    succeeded(run("eval", "--config", here / "ev" / "metrics.json", "--output", elsewhere / "ev2", "--quiet",
+                  cwd=elsewhere))                                           # its own metrics.json, from elsewhere
+    assert json.loads((elsewhere / "ev2" / "metrics.json").read_text())["data"] == first["data"]
 
 
 @pytest.mark.parametrize("fault", ["sigkill", "error"])
