@@ -327,6 +327,8 @@ def paired_interval(frame: pd.DataFrame, value: str, model: str, control: str, b
         n, mean = len(g), g.mean()
         half = stats.t.ppf((1 + confidence) / 2, n - 1) * g.std() / n ** 0.5 if n > 1 else float("nan")
         rows[key if by else key[0]] = {"Δ": mean, "low": mean - half, "high": mean + half, "n": n, "ahead": int((g > 0).sum())}
+    if not rows:                                                           # no seed holds both runs
+        return pd.DataFrame(columns=["Δ", "low", "high", "n", "ahead"])
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["world", *by] if by else "world")
 
 
