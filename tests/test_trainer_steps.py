@@ -51,7 +51,7 @@ def test_callbacks_run_in_order_around_each_stage(tiny_set):
 def test_a_progress_bar_is_a_callback_added_when_asked(tiny_set):
     assert not any(isinstance(c, ProgressBar) for c in Trainer(tiny_config(tiny_set), progress=False).callbacks)
     callbacks = Trainer(tiny_config(tiny_set), progress=True).callbacks
-    assert isinstance(callbacks[0], ProgressBar)                # order -10: it wraps the batches first
+    assert isinstance(callbacks[0], ProgressBar)                # order -10: it opens its bar first
 
 
 def test_cancel_batch_skips_the_step_cancel_epoch_ends_the_epoch_cancel_fit_ends_training(tiny_set):
