@@ -45,3 +45,12 @@ def test_cuhk03_classic_split_from_the_official_file(tmp_path):
     assert (root / "images_labeled").is_dir()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["dataset_options"] == {"protocol": "classic", "split": 0}
+    # a copy of the extracted images that lacks some (copied by hand, half of it) is refused, not scored as if whole
+    for path in sorted((root / "images_labeled").glob("1_*.png")):
+        path.unlink()
+    code = "from deepminer.cli import eval_main; eval_main()"
+    refused = subprocess.run([sys.executable, "-c", code, "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
+                              "--dataset", "cuhk03", "--root", str(root), "--dataset-option", "protocol=classic",
+                              "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and "labeled images of" in refused.stderr and "lacks" in refused.stderr
