@@ -33,7 +33,7 @@ from .train import (RECIPES, TrainConfig, TrainingDiverged, TrainingInterrupted,
                              format_comparison, format_recipe_table, recipe, recipe_departures, show_setting, train_run)
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'METRIC_NAMES', 'EVAL_FILES',
+__all__ = ['USER_ERRORS', 'MODEL_HELP', 'MODEL_FLAGS', 'MODEL_FIELDS', 'TRAIN_HELP', 'METRIC_NAMES', 'EVAL_FILES', 'SWITCH',
            'OneLineParser', 'one_line', 'command', 'add_model_arguments', 'model_config', 'summary_parser',
            'summary_main', 'synth_parser', 'synth_main', 'read_config_file', 'train_parser', 'config_file_settings',
            'train_config_from_args', 'train_main', 'eval_parser', 'eval_output', 'option_value', 'parse_with_config',
@@ -460,6 +460,9 @@ def eval_output(checkpoint: str | Path, output: str | Path | None) -> Path:
     return output
 
 # %% ../nbs/10_cli.ipynb #26c0ee2e
+SWITCH = TypeAdapter(bool)     # how a config file's value for an on/off flag is read
+
+
 def option_value(action: argparse.Action, value, name: str):
     """`value` (from a config file) as the command line would make it for `action`: true/false for a switch, the
     action's type for each item (a list where it takes several), one of its choices; a ValueError naming `name`."""
@@ -467,7 +470,7 @@ def option_value(action: argparse.Action, value, name: str):
         return None                                              # the option's own default
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         try:
-            return TypeAdapter(bool).validate_python(value)      # true, false, "false", 0, 1 …
+            return SWITCH.validate_python(value)                 # true, false, "false", 0, 1 …
         except ValidationError:
             raise ValueError(f"{name} must be true or false, got {value!r}") from None
     several = action.nargs in ("+", "*")

@@ -379,8 +379,7 @@ def rgb8(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, Image.Image):
         if image.mode not in HIGH_DEPTH_MODES:
             return image.convert("RGB")                      # 8-bit modes: L, LA, P, RGBA, CMYK, 1, …
-        image = np.asarray(image)
-    array = np.asarray(image)
+    array = np.asarray(image)                                # a 16-bit PIL image too: I;16 -> uint16
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):

@@ -54,3 +54,36 @@ def test_cuhk03_classic_split_from_the_official_file(tmp_path):
                               "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert len(refused.stderr.splitlines()) == 1 and "labeled images of" in refused.stderr and "lacks" in refused.stderr
+
+
+def _custom_twins(synthetic: Path, eight: Path, sixteen: Path):
+    """The synthetic set in the custom layout twice, as grayscale PNGs: 8-bit (value g) and 16-bit (value g·257, which
+    scales back to g exactly)."""
+    from PIL import Image
+    import numpy as np
+    for split, folder in (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test")):
+        for path in sorted((synthetic / folder).glob("*.jpg")):
+            pid, cam = path.name.split("_")[:2]
+            if pid == "-1":
+                continue                                                      # junk: not a person folder
+            gray = np.asarray(Image.open(path).convert("L"))
+            for root, image in ((eight, Image.fromarray(gray)), (sixteen, Image.fromarray(gray.astype(np.uint16) * 257))):
+                target = root / split / str(int(pid)) / f"{cam[1]}_{path.stem}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                image.save(target)
+
+
+def test_sixteen_bit_pngs_score_as_their_eight_bit_twins(tmp_path):
+    from PIL import Image
+    synthetic = make_synthetic_reid(tmp_path / "synthetic", seed=0, **TINY)
+    _custom_twins(synthetic, tmp_path / "eight", tmp_path / "sixteen")
+    some = next((tmp_path / "sixteen" / "query").rglob("*.png"))
+    assert Image.open(some).mode.startswith("I")                              # really 16-bit on disk
+    run("train", "--dataset", "synthetic", "--root", synthetic, "--output", tmp_path / "run", *FLAGS, cwd=tmp_path)
+    scores = {}
+    for twin in ("eight", "sixteen"):
+        run("eval", "--checkpoint", tmp_path / "run" / "checkpoint.pt", "--dataset", "custom", "--root", tmp_path / twin,
+            "--output", tmp_path / f"eval-{twin}", "--quiet", cwd=tmp_path)
+        metrics = json.loads((tmp_path / f"eval-{twin}" / "metrics.json").read_text())
+        scores[twin] = {key: metrics[key] for key in ("mAP", "mINP", "rank1", "rank5")}
+    assert scores["eight"] == pytest.approx(scores["sixteen"], abs=1e-6), scores
