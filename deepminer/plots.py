@@ -123,7 +123,9 @@ def plot_ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_images:
                 ax.axis("off"); continue
             j = ranked[k]
             _frame(ax, gallery_images[j], "tab:green" if match[0, j] else "tab:red",
-                   f"{k + 1}: pid {g_pids[j]}\n{d[i, j]:.3g}")
+                   f"{k + 1}: pid {g_pids[j]}\nd = {d[i, j]:.3g}")
+    fig.suptitle("rank: gallery pid, d = distance to the query\nframe: green = the same person, red = another",
+                 fontsize=8)
     return fig
 
 # %% ../nbs/07c_plots.ipynb #8147981b
