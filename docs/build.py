@@ -21,7 +21,13 @@ from api_cards import Card, all_cards, reference_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MATHJAX_PARTS = ("MathJax.js", "config", "jax/output/HTML-CSS", "jax/element", "extensions",
-                 "fonts/HTML-CSS/STIX-Web")   # what TeX input and HTML-CSS output need (2.5 of its 10 MB)
+                 "fonts/HTML-CSS/STIX-Web")   # what TeX input and HTML-CSS output need (1.5 of its 10 MB)
+# the STIX-Web font families (and styles) the pages' equations use — tests/test_docs.py opens every page and fails,
+# naming the file, if an equation asks for one that is left out; the other 30 would add 1 MB to every site
+MATHJAX_FONTS = {"Main": ("Regular", "Italic", "Bold"), "Normal": ("Italic", "Bold"), "Variants": ("Regular", "Italic"),
+                 **{family: ("Regular",) for family in ("Alphabets", "Arrows", "DoubleStruck", "Latin", "Marks", "Misc",
+                                                        "Monospace", "Operators", "Shapes", "Symbols", "Size1", "Size2",
+                                                        "Size3", "Size4", "Size5")}}
 MATHJAX_SKIP = ("extensions/a11y", "extensions/MathML",                     # not used, or inside the config file
                 "extensions/tex2jax.js", "extensions/mml2jax.js", "extensions/MathEvents.js", "extensions/MathMenu.js",
                 "extensions/MathZoom.js", "extensions/toMathML.js", "extensions/asciimath2jax.js")
@@ -104,6 +110,19 @@ def lesson_cells(notebook: dict, names: list[str] = (), cards: list[Card] = ()) 
     return {**notebook, "cells": cells}
 
 
+def font_used(relative: Path) -> bool:
+    """Whether a MathJax file is not a STIX-Web font (or its metrics) or is one of `MATHJAX_FONTS`:
+    fonts/HTML-CSS/STIX-Web/woff/STIXMathJax_<Family>-<Style>.woff, jax/output/HTML-CSS/fonts/STIX-Web/<Family>/<Style>/."""
+    parts = relative.parts
+    if parts[:4] == ("fonts", "HTML-CSS", "STIX-Web", "woff"):
+        family, style = relative.stem.removeprefix("STIXMathJax_").split("-")
+    elif parts[:5] == ("jax", "output", "HTML-CSS", "fonts", "STIX-Web") and len(parts) > 7:
+        family, style = parts[5:7]
+    else:
+        return True
+    return style in MATHJAX_FONTS.get(family, ())
+
+
 def copy_mathjax(static: Path):
     "MathJax 2's TeX input and HTML-CSS output, from the jupyter-server-mathjax package, into `static`/mathjax."
     import jupyter_server_mathjax
@@ -111,7 +130,7 @@ def copy_mathjax(static: Path):
     for part in MATHJAX_PARTS:
         for path in [source / part] if (source / part).is_file() else sorted((source / part).rglob("*")):
             relative = path.relative_to(source)
-            if path.is_file() and not str(relative).startswith(MATHJAX_SKIP):
+            if path.is_file() and not str(relative).startswith(MATHJAX_SKIP) and font_used(relative):
                 (static / "mathjax" / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, static / "mathjax" / relative)
 
@@ -146,7 +165,8 @@ def unwrap_unstyled(html: str) -> str:
 
 
 def trim_fontawesome(static: Path, pages: list[str]):
-    "Keep only the icons the pages and the theme's scripts name (`fa-…`) in fontawesome.js: 1.5 MB of 1.6 MB go."
+    """Keep only the icons the pages and the theme's scripts name (`fa-…`) in fontawesome.js (1.5 MB of 1.6 MB go),
+    and the brands and regular web fonts only where something names that style (`fa-brands`, `fa-regular`)."""
     script = static / "scripts" / "fontawesome.js"
     if not script.is_file():
         return
@@ -157,6 +177,9 @@ def trim_fontawesome(static: Path, pages: list[str]):
                       r'\[\d+,\d+,\[[^\]]*\],"[0-9a-f]*",(?:"[^"]*"|\[[^\]]*\])\],?')     # [w, h, [aliases], hex, path]
     script.write_text(icon.sub(lambda m: m[0] if (m[1] or m[2]) in used else "", script.read_text(encoding="utf-8")),
                       encoding="utf-8")
+    for style in ("brands", "regular"):                 # a font face no page or theme script asks for is never loaded
+        if style not in used:
+            (static / "vendor" / "fontawesome" / "webfonts" / f"fa-{style}-400.woff2").unlink(missing_ok=True)
 
 
 def slim(site: Path):

@@ -151,3 +151,36 @@ def test_search_opens_a_function_card_and_no_code_block_scrolls_sideways(site):
             assert not wide, f"code blocks that scroll sideways at 1280 px, per page: {wide}"
         finally:
             browser.close()
+
+
+def test_the_site_is_light_and_every_equation_typesets_from_its_own_files(site):
+    """Every page with equations typesets them all, and asks for no file the site lacks — a MathJax font family left
+    out by build.py's MATHJAX_FONTS is named here. (MathJax first looks for a reader's own TeX fonts, fonts/HTML-CSS/
+    TeX/otf/, which the site does not ship: those requests fail by design.) The whole site stays under 8 MB."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    assert size < 8_000_000, f"the site weighs {size / 1e6:.1f} MB"
+    missing, errors, typeset = [], {}, 0
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("requestfailed", lambda r: missing.append(r.url) if r.url.startswith("file:")
+                    and "/fonts/HTML-CSS/TeX/otf/" not in r.url else None)
+            for html in sorted(site.glob("*.html")):
+                if 'class="math' not in html.read_text(encoding="utf-8"):
+                    continue
+                page.goto(html.as_uri())
+                try:
+                    page.wait_for_function(MATHJAX_DONE, timeout=30_000)
+                except PlaywrightTimeout:                       # MathJax waits for ever for a file that is missing
+                    errors[html.stem] = "not typeset in 30 s"
+                    continue
+                page.wait_for_load_state("networkidle")
+                typeset += page.locator("span.MathJax, div.MathJax_Display").count()
+                if page.locator(".MathJax_Error").count():
+                    errors[html.stem] = f"{page.locator('.MathJax_Error').count()} errors"
+        finally:
+            browser.close()
+    assert not missing, f"files the site lacks: {sorted(set(missing))}"
+    assert typeset > 300 and not errors, f"equations not typeset, per page: {errors}"
