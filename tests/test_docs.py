@@ -153,14 +153,26 @@ def test_search_opens_a_function_card_and_no_code_block_scrolls_sideways(site):
             browser.close()
 
 
+# for the first 20 inline equations of a page: how far (px) the baseline inside the equation lies from the text's,
+# each found as the bottom of an empty inline-block put there
+BASELINE_OFFSETS = """() => [...document.querySelectorAll('p span.MathJax')].slice(0, 20).map(math => {
+    const marker = () => Object.assign(document.createElement('span'), {style: 'display:inline-block;width:0;height:0'});
+    const outside = marker(), inside = marker();
+    math.before(outside); math.querySelector('span.math').append(inside);
+    const offset = inside.getBoundingClientRect().bottom - outside.getBoundingClientRect().bottom;
+    outside.remove(); inside.remove();
+    return Math.round(offset * 10) / 10; })"""
+
+
 def test_the_site_is_light_and_every_equation_typesets_from_its_own_files(site):
     """Every page with equations typesets them all, and asks for no file the site lacks — a MathJax font family left
     out by build.py's MATHJAX_FONTS is named here. (MathJax first looks for a reader's own TeX fonts, fonts/HTML-CSS/
-    TeX/otf/, which the site does not ship: those requests fail by design.) The whole site stays under 8 MB."""
+    TeX/otf/, which the site does not ship: those requests fail by design.) Inline equations sit on the text's
+    baseline. The whole site stays under 8 MB."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
     size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
     assert size < 8_000_000, f"the site weighs {size / 1e6:.1f} MB"
-    missing, errors, typeset = [], {}, 0
+    missing, errors, lifted, typeset = [], {}, {}, 0
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
@@ -180,7 +192,10 @@ def test_the_site_is_light_and_every_equation_typesets_from_its_own_files(site):
                 typeset += page.locator("span.MathJax, div.MathJax_Display").count()
                 if page.locator(".MathJax_Error").count():
                     errors[html.stem] = f"{page.locator('.MathJax_Error').count()} errors"
+                lifted[html.stem] = page.evaluate(BASELINE_OFFSETS)
         finally:
             browser.close()
     assert not missing, f"files the site lacks: {sorted(set(missing))}"
     assert typeset > 300 and not errors, f"equations not typeset, per page: {errors}"
+    lifted = {name: offsets for name, offsets in lifted.items() if any(abs(o) > 1 for o in offsets)}
+    assert not lifted, f"inline equations off the text's baseline (px), per page: {lifted}"
