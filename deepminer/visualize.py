@@ -26,12 +26,12 @@ from .model import DeepMiner, Inspection, model_device
 from .synthetic import PARTS
 
 # %% auto #0
-__all__ = ['HATCH_COLOUR', 'PART_COLOURS', 'PART_ABBREVIATIONS', 'RELIANCE_MASKS', 'inspect_eval', 'activation_energy',
-           'minmax_per_image', 'activation_map', 'part_layout_path', 'read_part_layouts', 'part_shares',
-           'branch_part_shares', 'to_pictures', 'heat_overlay', 'picture_grid', 'picture_bytes', 'branch_title',
-           'mask_overlay', 'draw_part_outlines', 'figure2', 'branch_layer', 'BranchHead', 'EmbeddingSimilarity',
-           'branch_grad_cam', 'paint_out', 'background_ring', 'clean_erase_masks', 'eval_descriptors', 'part_reliance',
-           'reliance_losses', 'grid_border', 'erase_placement', 'erased_reliance']
+__all__ = ['PART_COLOURS', 'PART_ABBREVIATIONS', 'RELIANCE_MASKS', 'inspect_eval', 'activation_energy', 'minmax_per_image',
+           'activation_map', 'part_layout_path', 'read_part_layouts', 'part_shares', 'branch_part_shares',
+           'to_pictures', 'heat_overlay', 'picture_grid', 'picture_bytes', 'branch_title', 'mask_overlay',
+           'draw_part_outlines', 'figure2', 'branch_layer', 'BranchHead', 'EmbeddingSimilarity', 'branch_grad_cam',
+           'paint_out', 'background_ring', 'clean_erase_masks', 'eval_descriptors', 'part_reliance', 'reliance_losses',
+           'grid_border', 'erase_placement', 'erased_reliance']
 
 # %% ../nbs/08_visualize.ipynb #14a64fb9
 def inspect_eval(model: DeepMiner, images: torch.Tensor) -> Inspection:
@@ -197,21 +197,13 @@ def branch_title(model: DeepMiner, branch: str) -> str:
     return f"IE{k} (B{model.ie_branches[k - 1].position})"
 
 # %% ../nbs/08_visualize.ipynb #c2dd62c7
-HATCH_COLOUR = (255, 0, 255)   # the lines across erased positions: magenta, a colour no one here wears in stripes
-
-
-def mask_overlay(pictures: np.ndarray, mask: torch.Tensor, darken: float = 0.6, spacing: int = 4) -> np.ndarray:
-    """The positions of `pictures` (B, H, W, 3) uint8 that erase mask `mask` (B, 1, h, w) erases (0), upsampled with
-    nearest neighbours, darkened by `darken` and crossed by diagonal `HATCH_COLOUR` lines every `spacing` pixels — so
-    an erased cell cannot be read as dark hair or clothing: uint8 (B, H, W, 3)."""
+def mask_overlay(pictures: np.ndarray, mask: torch.Tensor, darken: float = 0.75) -> np.ndarray:
+    """Darken by `darken` the positions of `pictures` (B, H, W, 3) uint8 that erase mask `mask` (B, 1, h, w) erases
+    (0), upsampled with nearest neighbours: uint8 (B, H, W, 3). Every figure that shows it says "dark = erased"."""
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != len(pictures):
         raise ValueError(f"mask must be ({len(pictures)}, 1, h, w), got {tuple(mask.shape)}")
-    erased = 1 - F.interpolate(mask.detach().float().cpu(), size=pictures.shape[1:3], mode="nearest")[:, 0, ..., None]
-    erased = erased.numpy()                                                       # (B, H, W, 1): 1 where erased
-    height, width = pictures.shape[1:3]
-    lines = (np.add.outer(np.arange(height), np.arange(width)) % spacing == 0)[None, ..., None]   # (1, H, W, 1)
-    darkened = np.round(pictures * (1 - darken * erased)).astype(np.uint8)
-    return np.where((erased > 0) & lines, np.array(HATCH_COLOUR, dtype=np.uint8), darkened)
+    kept = F.interpolate(mask.detach().float().cpu(), size=pictures.shape[1:3], mode="nearest")[:, 0, ..., None]
+    return np.round(pictures * (1 - darken * (1 - kept.numpy()))).astype(np.uint8)
 
 # %% ../nbs/08_visualize.ipynb #abb23d51
 # body part -> its colour in every part picture (colour-blind safe)
@@ -244,13 +236,12 @@ def figure2(model: DeepMiner, images: torch.Tensor, masks: bool = False, layouts
     if masks:
         for name, mask in inspection.erase_masks.items():
             k = int(name.removeprefix("ie"))
-            columns[f"M{k} (B{model.ie_branches[k - 1].position})\nover the image"] = mask_overlay(pictures, mask)
+            columns[f"M{k} (B{model.ie_branches[k - 1].position})\ndark = erased"] = mask_overlay(pictures, mask)
     fig = picture_grid(columns, fig=fig, cell=cell)
     axes = np.asarray(fig.axes).reshape(len(pictures), len(columns))
     fig.colorbar(matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), "jet"), ax=axes[:, n_maps],
                  shrink=0.5, label="activation (min–max per map)")                # beside the last map, not a mask
-    handles = [matplotlib.patches.Patch(facecolor="0.25", edgecolor=np.array(HATCH_COLOUR) / 255, hatch="////",
-                                        label="erased by the mask (darkened, magenta lines)")] if masks else []
+    handles = [matplotlib.patches.Patch(facecolor="0.2", label="M columns: dark = erased by the mask")] if masks else []
     if layouts is not None:
         energies = {name: activation_energy(maps, size) for name, maps in inspection.feature_maps.items()}
         shares = part_shares(energies, layouts, per_image=True)                   # branch -> (B, P)

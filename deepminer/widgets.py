@@ -313,7 +313,7 @@ def _picture_columns(pictures: np.ndarray, display_width: int) -> tuple:
     fraction_labels = [ipywidgets.Label() for _ in range(n)]
     for view in mask_views:
         view.add_class("deepminer-mask")
-    row_names = ipywidgets.VBox([ipywidgets.Label(t, layout=dict(height=css["height"])) for t in ("image", "Ỹⁿ", "M", "erased")])
+    row_names = ipywidgets.VBox([ipywidgets.Label(t, layout=dict(height=css["height"])) for t in ("image", "Ỹⁿ", "M", "dark = erased")])
     columns = [ipywidgets.VBox([image_views[i], activation_views[i], mask_views[i], erased_views[i], fraction_labels[i]])
                for i in range(n)]
     return image_views, activation_views, mask_views, erased_views, fraction_labels, ipywidgets.HBox([row_names, *columns])
@@ -321,7 +321,7 @@ def _picture_columns(pictures: np.ndarray, display_width: int) -> tuple:
 # %% ../nbs/09_widgets.ipynb #389715f3
 def _sweep_figure(pictures: np.ndarray, y: torch.Tensor, taus, title: str) -> Figure:
     """One row per picture of `pictures` (B, H, W, 3): the picture, Ỹⁿ of the block outputs `y` (B, C, h, w), and the
-    picture with the positions erased at each of `taus` darkened and hatched, the fraction erased under it."""
+    picture with the positions erased at each of `taus` darkened, the fraction erased under it."""
     size = pictures.shape[1:3]
     columns = {"image": pictures, "Ỹⁿ": heat_overlay(pictures, _upsample(normalized_activation(y), size), alpha=1.0)}
     fractions = {}
@@ -367,8 +367,8 @@ class _ErasingCache:
 
     def sweep_figure(self, taus=(0.5, 0.8, 0.95)) -> Figure:
         """A still picture of ErO after the selected block at several `taus`: one row per image with the picture, Ỹⁿ
-        and the picture with the positions erased at each τ darkened and hatched (the fraction erased under it)."""
-        title = f"ErO {BLOCKS[self.block]}: darkened, magenta lines = erased"
+        and the picture with the positions erased at each τ darkened (the fraction erased under it)."""
+        title = f"ErO {BLOCKS[self.block]}: dark = erased"
         return _sweep_figure(self.pictures, self.block_outputs[self.block], taus, title)
 
 # %% ../nbs/09_widgets.ipynb #5066beb9
@@ -429,7 +429,7 @@ class _ExplorerViews(_ExplorerWidgets):
 class TauExplorer(_ExplorerViews):
     """An ipywidgets view (`widget`) of ErO on `images` (B, 3, H, W): a τ slider in [0, 1] (step 0.05) and a block
     selector (after B1/B2/B3); per image the picture, Ỹⁿ of the block, the erase mask M (eq. 1), the picture with the
-    erased positions darkened and hatched and the fraction erased. `model` runs once (a copy, in eval mode) and again on `refresh`;
+    erased positions darkened and the fraction erased. `model` runs once (a copy, in eval mode) and again on `refresh`;
     the slider only thresholds the cached features. `tau`, `block`: start values (default: the model's first IE
     branch); `display_width`: pixels per picture on screen."""
 
@@ -463,7 +463,7 @@ class TauExplorer(_ExplorerViews):
                                   for views in (self.activation_views, self.mask_views, self.erased_views)]
         columns = {f"{i}: erased {f:.0%}": np.stack([r[i] for r in rows]) for i, f in enumerate(self.erased_fractions())}
         fig = picture_grid(columns, cell=1.1)
-        fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased", fontsize=9)
+        fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased (dark)", fontsize=9)
         return fig
 
 # %% ../nbs/09_widgets.ipynb #213a82a3
@@ -472,7 +472,7 @@ TAU_GRID = tuple(round(t, 1) for t in np.arange(0, 1.0001, 0.1))   # the recorde
 
 def tau_frames(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), taus=TAU_GRID, quality: int = 40) -> dict:
     """What the τ slider shows, precomputed: for each block of `blocks` and each τ of `taus`, `images` (B, 3, H, W)
-    side by side with the positions `erase_mask` erases darkened and hatched, as JPEG bytes, and each image's erased share.
+    side by side with the positions `erase_mask` erases darkened, as JPEG bytes, and each image's erased share.
     Returns {"taus": [...], "frames": {block: [bytes per τ]}, "erased": {block: [[share per image] per τ]}}."""
     cache = _ErasingCache(model, images)
     cache._run_model()
@@ -499,7 +499,7 @@ def static_tau_explorer(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), t
     uris = {b: ["data:image/jpeg;base64," + base64.b64encode(f).decode() for f in fs] for b, fs in data["frames"].items()}
     shares = {b: [" ".join(f"{s:.0%}" for s in row) for row in rows] for b, rows in data["erased"].items()}
     key, width = f"tau-{uuid.uuid4().hex[:8]}", display_width * len(images)
-    rows = "".join(f'<div>{html.escape(BLOCKS[b])}: erased <span class="deepminer-static-erased" data-block="{b}">'
+    rows = "".join(f'<div>{html.escape(BLOCKS[b])}: dark = erased, <span class="deepminer-static-erased" data-block="{b}">'
                    f'{shares[b][start]}</span><br><img class="deepminer-static-frame" data-block="{b}" '
                    f'src="{uris[b][start]}" style="width:{width}px;image-rendering:pixelated"></div>' for b in blocks)
     script = (f"(function(){{const root=document.getElementById('{key}'),uris={json.dumps(uris)},shares={json.dumps(shares)},"

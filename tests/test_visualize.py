@@ -7,7 +7,7 @@ from matplotlib import pyplot as plt
 
 from deepminer.model import DeepMiner
 from deepminer.synthetic import PARTS, make_synthetic_reid
-from deepminer.visualize import (HATCH_COLOUR, BranchHead, EmbeddingSimilarity, activation_energy, activation_map,
+from deepminer.visualize import (BranchHead, EmbeddingSimilarity, activation_energy, activation_map,
                                  branch_grad_cam, branch_layer, figure2, heat_overlay, inspect_eval, mask_overlay,
                                  part_shares, read_part_layouts, to_pictures)
 
@@ -73,11 +73,9 @@ def test_overlays_keep_the_picture_size(model, images):
     assert heat.shape == pictures.shape and heat.dtype == np.uint8
     mask = torch.ones(B, 1, 8, 4)
     mask[:, :, :2] = 0  # the top quarter erased
-    shown = mask_overlay(pictures, mask)
-    assert np.array_equal(shown[:, H // 4:], pictures[:, H // 4:])                 # kept: untouched
-    hatched = (shown[:, : H // 4] == HATCH_COLOUR).all(-1)                          # erased: magenta lines …
-    assert 0.2 < hatched.mean() < 0.3
-    assert (shown[:, : H // 4][~hatched].astype(int) <= pictures[:, : H // 4][~hatched]).all()   # … over a darker image
+    darkened = mask_overlay(pictures, mask)
+    assert np.array_equal(darkened[:, H // 4:], pictures[:, H // 4:])
+    assert (darkened[:, : H // 4].astype(int) <= pictures[:, : H // 4]).all()
     with pytest.raises(ValueError, match="mask must be"):
         mask_overlay(pictures, torch.ones(B + 1, 1, 8, 4))
 
