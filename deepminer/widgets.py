@@ -28,8 +28,7 @@ from .train import Callback
 from .visualize import figure2, heat_overlay, inspect_eval, mask_overlay, picture_bytes, picture_grid, to_pictures
 
 # %% auto #0
-__all__ = ['BLOCKS', 'TAU_GRID', 'in_jupyter', 'LiveDashboard', 'TrainingStopped', 'BackgroundTraining', 'TauExplorer',
-           'tau_frames', 'static_tau_explorer']
+__all__ = ['BLOCKS', 'TAU_GRID', 'in_jupyter', 'LiveDashboard', 'TauExplorer', 'tau_frames', 'static_tau_explorer', 'TrainingStopped', 'BackgroundTraining']
 
 # %% ../nbs/09_widgets.ipynb #612d8f6f
 def in_jupyter() -> bool:
@@ -136,139 +135,6 @@ class LiveDashboard(_LossRecord):
         else:
             self.log(line)
         self.updates, self.last_update = self.updates + 1, trainer.step
-
-# %% ../nbs/09_widgets.ipynb #e4f90149
-class TrainingStopped(Exception):
-    "Raised at a batch end by `BackgroundTraining` when its run was asked to stop."
-
-
-def _run_state(started: bool, done: bool, stopping: bool, going: bool, held: bool, failed: bool) -> str:
-    "The state of a background run from its flags: see `BackgroundTraining.state`."
-    if not started:
-        return "not started"
-    if not done:
-        if stopping:
-            return "stopping"
-        return "running" if going else ("paused" if held else "pausing")
-    return "failed" if failed else ("stopped" if stopping else "finished")
-
-# %% ../nbs/09_widgets.ipynb #cd0a2dc0
-class _RunState(Callback):
-    """The state of a run in a thread: the flags that pause and stop it, and its result or error. `_show_state` runs
-    at each change of state: a no-op here, a widget in `BackgroundTraining`."""
-
-    def __init__(self):
-        self.thread, self.result, self.error = None, None, None
-        self._go, self._stop, self._held, self._done = (threading.Event() for _ in range(4))
-        self._go.set()
-
-    @property
-    def state(self) -> str:
-        "'not started', 'running', 'pausing' (until the next batch end), 'paused', 'stopping', 'stopped', 'finished' or 'failed'."
-        return _run_state(started=self.thread is not None, done=self._done.is_set(), stopping=self._stop.is_set(),
-                          going=self._go.is_set(), held=self._held.is_set(), failed=self.error is not None)
-
-    def _show_state(self):
-        "Show the state of the run (nothing to show here)."
-
-# %% ../nbs/09_widgets.ipynb #fa5353a5
-class _TrainingThread(_RunState):
-    "A training function run in a daemon thread (`start`), its result or error handed to `join`."
-
-    def start(self, fit: Callable[[], object]) -> "BackgroundTraining":
-        "Call `fit()` (e.g. `trainer.fit`, or a `train(...)` call with this object among its callbacks) in a thread."
-        if self.thread is not None:
-            raise RuntimeError("this BackgroundTraining was started already; make a new one for another run")
-        self.thread = threading.Thread(target=self._run, args=(fit,), name="deepminer-training", daemon=True)
-        self.thread.start()
-        self._show_state()
-        return self
-
-    def _run(self, fit: Callable[[], object]):
-        "The thread: call `fit`, keep its result or its error (a stop is no error), mark the run done."
-        try:
-            self.result = fit()
-        except TrainingStopped:
-            pass
-        except BaseException as err:  # kept for `join`, which raises it in the caller's thread
-            self.error = err
-        finally:
-            self._done.set()
-            self._show_state()
-
-    def join(self, timeout: float | None = None):
-        """Wait for the run to end (at most `timeout` seconds) and return what `fit` returned (None if stopped). An
-        error of the run is raised here; a run still going after `timeout` raises `TimeoutError`."""
-        if self.thread is None:
-            raise RuntimeError("the run was not started: call start(fit) first")
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            raise TimeoutError(f"the training thread is still {self.state} after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-# %% ../nbs/09_widgets.ipynb #18e265e8
-def _run_controls(run: "BackgroundTraining") -> tuple[ipywidgets.Button, ipywidgets.Button, ipywidgets.HTML, ipywidgets.HBox]:
-    "The pause/resume and stop buttons of `run`, a label for its state, and the row that holds them."
-    pause_button = ipywidgets.Button(description="pause", icon="pause")
-    stop_button = ipywidgets.Button(description="stop", icon="stop", button_style="danger")
-    state_label = ipywidgets.HTML()
-    pause_button.on_click(lambda _: run.resume() if run.state in ("pausing", "paused") else run.pause())
-    stop_button.on_click(lambda _: run.stop())
-    return pause_button, stop_button, state_label, ipywidgets.HBox([pause_button, stop_button, state_label])
-
-# %% ../nbs/09_widgets.ipynb #78fd6f1a
-class _BackgroundWidget(_TrainingThread):
-    "A run in a thread with its widget: pause/resume and stop buttons and the state (`_run_controls`)."
-
-    def __init__(self):
-        super().__init__()
-        self.pause_button, self.stop_button, self.state_label, self.widget = _run_controls(self)
-        self._show_state()
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _show_state(self):
-        "Show the state on the label and the buttons."
-        state = self.state
-        self.state_label.value = f"training: <b>{state}</b>"
-        self.pause_button.description = "resume" if state in ("pausing", "paused") else "pause"
-        self.pause_button.disabled = self.stop_button.disabled = state not in ("running", "pausing", "paused")
-
-# %% ../nbs/09_widgets.ipynb #b65425b8
-class BackgroundTraining(_BackgroundWidget):
-    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
-    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
-    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
-
-    def pause(self):
-        "Pause the run at its next batch end."
-        self._go.clear()
-        self._show_state()
-
-    def resume(self):
-        "Resume a paused run."
-        self._go.set()
-        self._show_state()
-
-    def stop(self):
-        "End the run at its next batch end (a paused run ends at once)."
-        self._stop.set()
-        self._go.set()
-        self._show_state()
-
-    def on_batch_end(self, trainer, logs: dict):
-        "Wait while paused; end the run if asked to stop."
-        if not self._go.is_set():
-            self._held.set()
-            self._show_state()
-            self._go.wait()
-            self._held.clear()
-            self._show_state()
-        if self._stop.is_set():
-            raise TrainingStopped(f"stopped at step {trainer.step} (epoch {trainer.epoch + 1})")
 
 # %% ../nbs/09_widgets.ipynb #b4c4afa0
 BLOCKS = {1: "after B1", 2: "after B2", 3: "after B3"}  # block position -> label of the block selector
@@ -510,3 +376,136 @@ def static_tau_explorer(model: DeepMiner, images: torch.Tensor, blocks=(2, 3), t
     return HTML(f'<div id="{key}" class="deepminer-static-explorer">τ = <span class="deepminer-static-tau-value">'
                 f'{taus[start]:.2f}</span> <input type="range" class="deepminer-static-tau" min="0" max="{len(taus) - 1}" '
                 f'step="1" value="{start}" style="width:{width}px">{rows}<script>{script}</script></div>')
+
+# %% ../nbs/09a_background.ipynb #e4f90149
+class TrainingStopped(Exception):
+    "Raised at a batch end by `BackgroundTraining` when its run was asked to stop."
+
+
+def _run_state(started: bool, done: bool, stopping: bool, going: bool, held: bool, failed: bool) -> str:
+    "The state of a background run from its flags: see `BackgroundTraining.state`."
+    if not started:
+        return "not started"
+    if not done:
+        if stopping:
+            return "stopping"
+        return "running" if going else ("paused" if held else "pausing")
+    return "failed" if failed else ("stopped" if stopping else "finished")
+
+# %% ../nbs/09a_background.ipynb #cd0a2dc0
+class _RunState(Callback):
+    """The state of a run in a thread: the flags that pause and stop it, and its result or error. `_show_state` runs
+    at each change of state: a no-op here, a widget in `BackgroundTraining`."""
+
+    def __init__(self):
+        self.thread, self.result, self.error = None, None, None
+        self._go, self._stop, self._held, self._done = (threading.Event() for _ in range(4))
+        self._go.set()
+
+    @property
+    def state(self) -> str:
+        "'not started', 'running', 'pausing' (until the next batch end), 'paused', 'stopping', 'stopped', 'finished' or 'failed'."
+        return _run_state(started=self.thread is not None, done=self._done.is_set(), stopping=self._stop.is_set(),
+                          going=self._go.is_set(), held=self._held.is_set(), failed=self.error is not None)
+
+    def _show_state(self):
+        "Show the state of the run (nothing to show here)."
+
+# %% ../nbs/09a_background.ipynb #fa5353a5
+class _TrainingThread(_RunState):
+    "A training function run in a daemon thread (`start`), its result or error handed to `join`."
+
+    def start(self, fit: Callable[[], object]) -> "BackgroundTraining":
+        "Call `fit()` (e.g. `trainer.fit`, or a `train(...)` call with this object among its callbacks) in a thread."
+        if self.thread is not None:
+            raise RuntimeError("this BackgroundTraining was started already; make a new one for another run")
+        self.thread = threading.Thread(target=self._run, args=(fit,), name="deepminer-training", daemon=True)
+        self.thread.start()
+        self._show_state()
+        return self
+
+    def _run(self, fit: Callable[[], object]):
+        "The thread: call `fit`, keep its result or its error (a stop is no error), mark the run done."
+        try:
+            self.result = fit()
+        except TrainingStopped:
+            pass
+        except BaseException as err:  # kept for `join`, which raises it in the caller's thread
+            self.error = err
+        finally:
+            self._done.set()
+            self._show_state()
+
+    def join(self, timeout: float | None = None):
+        """Wait for the run to end (at most `timeout` seconds) and return what `fit` returned (None if stopped). An
+        error of the run is raised here; a run still going after `timeout` raises `TimeoutError`."""
+        if self.thread is None:
+            raise RuntimeError("the run was not started: call start(fit) first")
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the training thread is still {self.state} after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+# %% ../nbs/09a_background.ipynb #18e265e8
+def _run_controls(run: "BackgroundTraining") -> tuple[ipywidgets.Button, ipywidgets.Button, ipywidgets.HTML, ipywidgets.HBox]:
+    "The pause/resume and stop buttons of `run`, a label for its state, and the row that holds them."
+    pause_button = ipywidgets.Button(description="pause", icon="pause")
+    stop_button = ipywidgets.Button(description="stop", icon="stop", button_style="danger")
+    state_label = ipywidgets.HTML()
+    pause_button.on_click(lambda _: run.resume() if run.state in ("pausing", "paused") else run.pause())
+    stop_button.on_click(lambda _: run.stop())
+    return pause_button, stop_button, state_label, ipywidgets.HBox([pause_button, stop_button, state_label])
+
+# %% ../nbs/09a_background.ipynb #78fd6f1a
+class _BackgroundWidget(_TrainingThread):
+    "A run in a thread with its widget: pause/resume and stop buttons and the state (`_run_controls`)."
+
+    def __init__(self):
+        super().__init__()
+        self.pause_button, self.stop_button, self.state_label, self.widget = _run_controls(self)
+        self._show_state()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _show_state(self):
+        "Show the state on the label and the buttons."
+        state = self.state
+        self.state_label.value = f"training: <b>{state}</b>"
+        self.pause_button.description = "resume" if state in ("pausing", "paused") else "pause"
+        self.pause_button.disabled = self.stop_button.disabled = state not in ("running", "pausing", "paused")
+
+# %% ../nbs/09a_background.ipynb #b65425b8
+class BackgroundTraining(_BackgroundWidget):
+    """Runs a training function in a daemon thread (`start`), with `pause`, `resume` and `stop` acting at the next
+    batch end. Pass it among the run's callbacks: `run = BackgroundTraining(); trainer = Trainer(config,
+    callbacks=[dashboard, run]); run.start(trainer.fit)`. `widget`: pause/resume and stop buttons and the state."""
+
+    def pause(self):
+        "Pause the run at its next batch end."
+        self._go.clear()
+        self._show_state()
+
+    def resume(self):
+        "Resume a paused run."
+        self._go.set()
+        self._show_state()
+
+    def stop(self):
+        "End the run at its next batch end (a paused run ends at once)."
+        self._stop.set()
+        self._go.set()
+        self._show_state()
+
+    def on_batch_end(self, trainer, logs: dict):
+        "Wait while paused; end the run if asked to stop."
+        if not self._go.is_set():
+            self._held.set()
+            self._show_state()
+            self._go.wait()
+            self._held.clear()
+            self._show_state()
+        if self._stop.is_set():
+            raise TrainingStopped(f"stopped at step {trainer.step} (epoch {trainer.epoch + 1})")
