@@ -33,7 +33,8 @@ def test_figure2_draws_the_image_and_every_branch_without_pyplot(model, images):
     assert [ax.get_title() for ax in fig.axes[:5]] == ["image", "G", "IE1 (B2)", "IE2 (B3)", "L"]
     assert all(ax.images[0].get_array().shape == (H, W, 3) for ax in fig.axes[:B * 5])
     fig = figure2(model, images, masks=True)
-    assert [ax.get_title() for ax in fig.axes[:7]][-2:] == ["M1 (B2)", "M2 (B3)"]
+    assert [ax.get_title() for ax in fig.axes[:7]][-2:] == ["M1 (B2)\ndark = erased", "M2 (B3)\ndark = erased"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["M columns: dark = erased by the mask"]
     assert plt.get_fignums() == open_figures  # drawn on Figures that pyplot does not hold on to
 
 
