@@ -262,17 +262,19 @@ MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "de
 
 
 def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] | None = None, late: float = 0.4):
-    """Test mAP against epoch: one panel per model (rows) and world (columns); each seed a thin line ending in o
-    (stopping rule met) or x (stopped at the cap), their mean bold where every seed still runs. The y range holds the
-    last `late` of every run, where the models differ by a few points; earlier epochs fall below it."""
+    """Test mAP against epoch: one panel per model (rows) and world (columns), the models in one row for one world;
+    each seed a thin line ending in o (stopping rule met) or x (stopped at the cap), their mean bold where every seed
+    still runs. The y range holds the last `late` of every run, where the models differ by a few points."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     worlds = worlds or list(dict.fromkeys(r["world"] for r in records))
     models = [m for m in MODEL_COLOURS if any(r["model"] == m for r in records)]
     curves = {id(r): [(h["epoch"], h["eval/mAP"]) for h in r["history"] if "eval/mAP" in h] for r in records}
     tail = [m for r in records for e, m in curves[id(r)] if e >= (1 - late) * r["epochs"]]
-    fig, axes = plt.subplots(len(models), len(worlds), figsize=(4.6 * len(worlds), 2.1 * len(models) + 0.6),
-                             sharex=True, sharey=True, squeeze=False)
+    shape = (len(models), len(worlds)) if len(worlds) > 1 else (1, len(models))          # (rows, columns)
+    fig, axes = plt.subplots(*shape, figsize=(4.6 * len(worlds), 2.1 * len(models) + 0.6) if len(worlds) > 1
+                             else (3 * len(models), 2.9), sharex=True, sharey=True, squeeze=False)
+    axes = axes.reshape(len(models), len(worlds))                  # (model, world), whichever way they are laid out
     for (i, model), (j, world) in ((m, w) for m in enumerate(models) for w in enumerate(worlds)):
         ax, colour = axes[i, j], MODEL_COLOURS[model]
         runs = [curves[id(r)] for r in records if r["world"] == world and r["model"] == model]
@@ -281,19 +283,17 @@ def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] | None 
             ax.plot(*curves[id(r)][-1], marker="o" if r["converged"] else "x", color=colour, ms=6, mfc="none")
         common = sorted(set.intersection(*(set(e for e, _ in c) for c in runs))) if runs else []
         ax.plot(common, [sum(dict(c)[e] for c in runs) / len(runs) for e in common], color=colour, lw=2.2)
-        ax.set_title(f"{MODEL_LABELS[model]}, {world} world", fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test mAP (%)")
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
+        ax.set_title(f"{MODEL_LABELS[model]}, {world} world", fontsize=9); ax.grid(alpha=0.3)
+    for ax in fig.axes:
+        ax.set_ylabel("test mAP (%)" if ax.get_subplotspec().is_first_col() else "")
+        ax.set_xlabel("epoch" if ax.get_subplotspec().is_last_row() else "")
     axes[0, 0].set_ylim(min(tail) - 2, max(tail) + 1.5)
     fig.legend(handles=[Line2D([], [], color="k", lw=0.8, alpha=0.6, label="one seed"),
                         Line2D([], [], color="k", lw=2.2, label="mean over seeds"),
                         Line2D([], [], color="k", marker="o", mfc="none", ls="", label="stopping rule met"),
                         Line2D([], [], color="k", marker="x", ls="", label="stopped at the cap")],
                loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))                 # room for the legend below
     return fig
 
 # %% ../nbs/11b_mechanism.ipynb #ab7b8023

@@ -49,7 +49,7 @@ def _branch_losses(logs: dict, center_weight: float) -> dict[str, float]:
 # %% ../nbs/09_widgets.ipynb #7e43cc80
 def _loss_curves(steps: list[int], losses: dict[str, list[float]], lrs: list[float]) -> Figure:
     "The loss of each branch and the total (left) and the learning rate (right) against the step."
-    fig = Figure(figsize=(8, 2.6), layout="constrained")
+    fig = Figure(figsize=(8.6, 2.6), layout="constrained")
     loss_ax, lr_ax = fig.subplots(1, 2, width_ratios=(2, 1))
     for name, values in losses.items():
         loss_ax.plot(steps, values, lw=2.2 if name == "total" else 1.2, label=name, color="black" if name == "total" else None)
@@ -130,7 +130,8 @@ class LiveDashboard(_LossRecord):
         line = _status_line(trainer, self.lrs, self.losses)
         if self.use_widgets:
             self.curves.value = picture_bytes(self.curve_figure())
-            self.maps.value = picture_bytes(figure2(trainer.model, self.probe, masks=True), "jpeg")
+            self.maps.value = picture_bytes(figure2(trainer.model, self.probe, masks=True, cell=1.25), "jpeg")
+
             self.status.value = f"<b>{line}</b> on {trainer.device}"
         else:
             self.log(line)
@@ -328,7 +329,7 @@ class TauExplorer(_ExplorerViews):
         rows = [self.pictures] + [np.stack([np.asarray(Image.open(io.BytesIO(v.value)).convert("RGB")) for v in views])
                                   for views in (self.activation_views, self.mask_views, self.erased_views)]
         columns = {f"{i}: erased {f:.0%}": np.stack([r[i] for r in rows]) for i, f in enumerate(self.erased_fractions())}
-        fig = picture_grid(columns, cell=1.1)
+        fig = picture_grid(columns, cell=1.4)
         fig.suptitle(f"ErO {BLOCKS[self.block]}, τ = {self.tau:.2f}\nrows: image, Ỹⁿ, M, erased (dark)", fontsize=9)
         return fig
 

@@ -199,3 +199,52 @@ def test_the_site_is_light_and_every_equation_typesets_from_its_own_files(site):
     assert typeset > 300 and not errors, f"equations not typeset, per page: {errors}"
     lifted = {name: offsets for name, offsets in lifted.items() if any(abs(o) > 1 for o in offsets)}
     assert not lifted, f"inline equations off the text's baseline (px), per page: {lifted}"
+
+
+# pictures that hold one panel (one plot, one heat map) and may be narrower; every other stored picture holds several
+ONE_PANEL = {"02_erase": {"09e793e2"}, "06_train": {"fd1f7c7d"}, "07c_plots": {"1057068c", "bb23462e"},
+             "11_ablation": {"1f0459bf", "465ffa75", "97a53cce", "db9a73a8", "f531eb15", "7e91e14b", "46298875"}}
+
+
+def stored_pictures() -> dict[str, tuple[str, str]]:
+    "Every picture stored in a notebook's outputs, by the file name myst-nb gives it (the sha256 of its bytes): (notebook, cell id)."
+    import base64
+    import hashlib
+    import json
+    found = {}
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
+            for output in cell.get("outputs", []):
+                for mime in ("image/png", "image/jpeg"):
+                    if mime in output.get("data", {}):
+                        data = base64.b64decode("".join(output["data"][mime]))
+                        found[hashlib.sha256(data).hexdigest()] = (nb.stem, cell["id"])
+    return found
+
+
+def test_no_picture_of_several_panels_is_narrower_than_600_px(site):
+    "At 1280 px a reader sees every stored picture that holds more than one panel at least 600 px wide."
+    from playwright.sync_api import sync_playwright
+    pictures, seen, narrow = stored_pictures(), set(), {}
+    assert all(cell in {c for n, c in pictures.values() if n == nb} for nb, cells in ONE_PANEL.items() for cell in cells), \
+        "ONE_PANEL names a cell that stores no picture"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for html in sorted(site.glob("*.html")):
+                page.goto(html.as_uri())
+                page.wait_for_load_state("load")
+                shown = page.evaluate("[...document.querySelectorAll('div.cell_output img')].map(i => "
+                                      "[i.src.split('/').pop().split('.')[0], i.getBoundingClientRect().width])")
+                for name, width in shown:
+                    if name not in pictures:
+                        continue
+                    notebook, cell = pictures[name]
+                    seen.add(name)
+                    if width < 600 and cell not in ONE_PANEL.get(notebook, ()):
+                        narrow[f"{notebook} {cell}"] = round(width)
+        finally:
+            browser.close()
+    assert seen == set(pictures), f"pictures the site does not show: {[pictures[n] for n in set(pictures) - seen]}"
+    assert not narrow, f"pictures of several panels narrower than 600 px at 1280 px (cell: width): {narrow}"
