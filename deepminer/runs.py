@@ -78,8 +78,10 @@ def run_cached(configs: dict[tuple, TrainConfig], fields: Sequence[str], run: Ca
     key = lambda record: tuple(record[f] for f in fields)
     keys = (*fields, "config")
     records = load_results(results, keys)
-    missing = [(k, config) for k, config in configs.items()
-               if not any(key(r) == k and TrainConfig.from_dict(r["config"]) == config for r in records)]
+    same = lambda saved, config: TrainConfig.from_dict(saved).to_dict() == config.to_dict()   # by value: a notebook
+    missing = [(k, config) for k, config in configs.items()                              # may define its own class
+               if not any(key(r) == k and same(r["config"], config) for r in records)]
+
     bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc=desc, unit="run", disable=not progress)
     for k, config in missing:
         bar.set_postfix_str(", ".join(f"{f} {v}" for f, v in zip(fields, k)))
