@@ -81,7 +81,6 @@ def run_cached(configs: dict[tuple, TrainConfig], fields: Sequence[str], run: Ca
     same = lambda saved, config: TrainConfig.from_dict(saved).to_dict() == config.to_dict()   # by value: a notebook
     missing = [(k, config) for k, config in configs.items()                              # may define its own class
                if not any(key(r) == k and same(r["config"], config) for r in records)]
-
     bar = tqdm(total=len(configs), initial=len(configs) - len(missing), desc=desc, unit="run", disable=not progress)
     for k, config in missing:
         bar.set_postfix_str(", ".join(f"{f} {v}" for f, v in zip(fields, k)))
