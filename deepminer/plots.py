@@ -96,6 +96,11 @@ def _frame(ax, image, colour: str, title: str):
         spine.set_edgecolor(colour); spine.set_linewidth(3)
     ax.set_title(title, fontsize=7, color=colour)
 
+
+def _three_digits(x: float) -> str:
+    "`x` to three significant digits, never in scientific notation (1283.4 -> '1280', 0.12345 -> '0.123')."
+    return np.format_float_positional(float(x), precision=3, unique=False, fractional=False, trim="-")
+
 # %% ../nbs/07c_plots.ipynb #324d2158
 def plot_ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_images: Sequence, gallery_images: Sequence,
                       queries: Sequence[int] | None = None, topk: int = 10, fig=None):
@@ -123,7 +128,7 @@ def plot_ranked_lists(distmat, q_pids, g_pids, q_camids, g_camids, query_images:
                 ax.axis("off"); continue
             j = ranked[k]
             _frame(ax, gallery_images[j], "tab:green" if match[0, j] else "tab:red",
-                   f"{k + 1}: pid {g_pids[j]}\nd = {d[i, j]:.3g}")
+                   f"{k + 1}: pid {g_pids[j]}\nd = {_three_digits(d[i, j])}")
     fig.suptitle("rank: gallery pid, d = distance to the query\nframe: green = the same person, red = another",
                  fontsize=8)
     return fig
