@@ -256,9 +256,8 @@ def plot_reliance(records: Sequence[dict], worlds: Sequence[str] = ("balanced", 
     return fig
 
 # %% ../nbs/11b_mechanism.ipynb #a326410a
-# model -> its colour in every plot of the grid
 MODEL_COLOURS = {"deep_miner": "tab:red", "deep_miner_global": "tab:purple", "deep_miner_tau1.0": "tab:blue",
-                 "deep_miner_random": "tab:green", "baseline": "tab:grey"}
+                 "deep_miner_random": "tab:green", "baseline": "tab:grey"}      # model -> its colour in every plot
 
 
 def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] | None = None, late: float = 0.4):
@@ -283,16 +282,17 @@ def plot_mechanism_curves(records: Sequence[dict], worlds: Sequence[str] | None 
             ax.plot(*curves[id(r)][-1], marker="o" if r["converged"] else "x", color=colour, ms=6, mfc="none")
         common = sorted(set.intersection(*(set(e for e, _ in c) for c in runs))) if runs else []
         ax.plot(common, [sum(dict(c)[e] for c in runs) / len(runs) for e in common], color=colour, lw=2.2)
-        ax.set_title(f"{MODEL_LABELS[model]}, {world} world", fontsize=9); ax.grid(alpha=0.3)
+        ax.set_title(MODEL_LABELS[model] + (f", {world} world" if len(worlds) > 1 else ""), fontsize=9); ax.grid(alpha=0.3)
     for ax in fig.axes:
         ax.set_ylabel("test mAP (%)" if ax.get_subplotspec().is_first_col() else "")
         ax.set_xlabel("epoch" if ax.get_subplotspec().is_last_row() else "")
     axes[0, 0].set_ylim(min(tail) - 2, max(tail) + 1.5)
-    fig.legend(handles=[Line2D([], [], color="k", lw=0.8, alpha=0.6, label="one seed"),
-                        Line2D([], [], color="k", lw=2.2, label="mean over seeds"),
-                        Line2D([], [], color="k", marker="o", mfc="none", ls="", label="stopping rule met"),
-                        Line2D([], [], color="k", marker="x", ls="", label="stopped at the cap")],
+    styles = {"one seed": dict(lw=0.8, alpha=0.6), "mean over seeds": dict(lw=2.2),
+              "stopping rule met": dict(marker="o", mfc="none", ls=""), "stopped at the cap": dict(marker="x", ls="")}
+    fig.legend(handles=[Line2D([], [], color="k", label=label, **style) for label, style in styles.items()],
                loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if len(worlds) == 1:                                           # one row of models: the world once, above them
+        fig.suptitle(f"{worlds[0]} world", fontsize=10)
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))                 # room for the legend below
     return fig
 
