@@ -37,7 +37,8 @@ def git_commit(repo: str | Path = ".") -> str:
 
 
 def machine_name() -> str:
-    "The CPU (or GPU) this process runs on, and its thread count, for the records."
+    """The CPU this process runs on with the widest vector instructions PyTorch uses there (two CPUs of one name can
+    differ several times over in speed), its thread count and the GPU if any, for the records."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -45,7 +46,7 @@ def machine_name() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
+    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
 
 # %% ../nbs/11c_runs.ipynb #f8205285
 def load_results(path: str | Path, keys: Sequence[str] = ("variant", "seed", "config")) -> list[dict]:
