@@ -28,7 +28,7 @@ __all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'M
            'COMPARISONS', 'mechanism_config', 'world_set', 'make_world', 'measure_mechanism', 'run_mechanism',
            'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
            'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table',
-           'paired_interval', 'tilt_frame', 'interval_table', 'heldout_frame']
+           'paired_interval', 'tilt_frame', 'interval_table', 'heldout_frame', 'plot_intervals']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
 WORLD_SETS = {   # world -> (root, the `SyntheticConfig` settings of its set): written if missing (seed 0)
@@ -373,3 +373,33 @@ def heldout_frame(records: Sequence[dict]) -> pd.DataFrame:
                          "held-out torso share": 100 * held[d]["torso"] / max(clean["mAP"], 1e-9),
                          "test torso share": 100 * test[d]["torso"] / max(r["reliance"]["clean"][d]["mAP"], 1e-9)})
     return pd.DataFrame(rows)
+
+# %% ../nbs/11b_mechanism.ipynb #f0e5a002
+def plot_intervals(frame: pd.DataFrame, value: str, comparisons: dict[str, tuple[str, str]] = COMPARISONS,
+                   by: Sequence[str] = (), ax=None, xlabel: str | None = None):
+    """`interval_table`'s comparisons as a forest plot on `ax` (a new figure if None): one row per comparison, world and
+    `by` that `frame` holds both sides of; a dot at the mean paired difference, a bar over its 95 % interval (none with
+    one seed), a tick per seed, and a line at 0. Returns the axes."""
+    import matplotlib.pyplot as plt
+    index, rows = ["world", "seed", *by], []
+    for name, (model, control) in comparisons.items():
+        diff = (frame[frame.model == model].set_index(index)[value]
+                - frame[frame.model == control].set_index(index)[value]).dropna()
+        for key, row in paired_interval(frame, value, model, control, by).iterrows():
+            key = key if isinstance(key, tuple) else (key,)
+            seeds = diff.xs(key, level=["world", *by]) if by else diff.xs(key[0], level="world")
+            where = [key[0]] if frame.world.nunique() > 1 else []
+            rows.append((" · ".join([name, *where, *(BRANCH_LABELS.get(k, str(k)) for k in key[1:])]), row, seeds.to_numpy()))
+    if ax is None:
+        ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.0))[1]
+    for y, (label, row, seeds) in enumerate(rows):
+        ax.plot(seeds, [y] * len(seeds), "|", color="grey", markersize=9)
+        if row["n"] > 1:
+            ax.plot([row["low"], row["high"]], [y, y], color="tab:blue", linewidth=2)
+        ax.plot(row["Δ"], y, "o", color="tab:red" if row["n"] > 1 and (row["low"] > 0 or row["high"] < 0) else "black")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel(xlabel or f"paired difference in {value} (dot: mean; bar: 95 % interval; ticks: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
