@@ -203,7 +203,8 @@ def test_the_site_is_light_and_every_equation_typesets_from_its_own_files(site):
 
 # pictures that hold one panel (one plot, one heat map) and may be narrower; every other stored picture holds several
 ONE_PANEL = {"02_erase": {"09e793e2"}, "06_train": {"fd1f7c7d"}, "07c_plots": {"1057068c", "bb23462e"},
-             "11_ablation": {"1f0459bf", "465ffa75", "97a53cce", "db9a73a8", "f531eb15", "7e91e14b", "46298875"}}
+             "11_ablation": {"1f0459bf", "465ffa75", "97a53cce", "db9a73a8", "f531eb15", "7e91e14b", "46298875"},
+             "11b_mechanism": {"f0e5a003"}}
 
 
 def stored_pictures() -> dict[str, tuple[str, str]]:
