@@ -274,7 +274,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
                      help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
     run.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                     help="NHWC memory format (default: on the CPU and with mixed precision on CUDA, where it is faster)")
+                     help="NHWC memory format (default: on the CPU and with mixed precision on CUDA, not faster on every CPU: see benchmarks/README.md)")
     run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
                      help="no random flip, crop or erasing (resize only)")
     run.add_argument("--pad-crop", dest="pad_crop", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

@@ -60,7 +60,7 @@ class DeviceSettings:
     num_workers: int | None = None        # None: 0 on the CPU (deterministic, no process overhead), 4 on a GPU
     amp: bool = True                      # mixed precision (float16) and channels_last, on CUDA only
     cpu_bf16: bool = False                # bfloat16 autocast on the CPU: only where it is native (avx512_bf16, AMX)
-    channels_last: bool | None = None     # NHWC memory; None: where it pays (the CPU, CUDA with amp); False: NCHW
+    channels_last: bool | None = None     # NHWC memory; None: on the CPU and with amp (not every CPU gains: benchmarks/); False: NCHW
     sync_bn: bool = False                 # under torchrun: batch-norm statistics over all processes' batches
 
 # %% ../nbs/06_train.ipynb #c00a5a1c
@@ -482,7 +482,7 @@ class Trainer(TrainingLoop, TrainingSteps, Checkpointing):
         self.dataset, self.loaders = prepare_data(config, self.rank, self.world_size, self.device, self.progress)
         self.autocast_dtype = autocast_dtype(config, self.device)     # None: float32 (after the data: errors first)
         self.channels_last = config.channels_last if config.channels_last is not None else \
-            self.autocast_dtype is not None or self.device.type == "cpu"                      # NHWC: where it pays
+            self.autocast_dtype is not None or self.device.type == "cpu"                      # NHWC: see channels_last
         self.num_classes = self.dataset.num_train_ids
         self.model = DeepMiner(self.num_classes, config.model).to(self.device)
         if config.sync_bn and self.world_size > 1:
