@@ -272,7 +272,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     run.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
                      help="no mixed precision / channels_last on CUDA")
     run.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_true", default=argparse.SUPPRESS,
-                     help="bfloat16 autocast on the CPU (about 1.6x faster on CPUs with AVX512-BF16 or AMX)")
+                     help="bfloat16 autocast on the CPU (faster only where the CPU has AVX512-BF16 or AMX: 1.2-1.9x measured, benchmarks/README.md)")
     run.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                      help="NHWC memory format (default: on the CPU and with mixed precision on CUDA, not faster on every CPU: see benchmarks/README.md)")
     run.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,

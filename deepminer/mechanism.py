@@ -26,8 +26,8 @@ from .visualize import erase_placement, erased_reliance, part_reliance, reliance
 __all__ = ['WORLD_SETS', 'WORLD_ROOTS', 'MECHANISM_MODELS', 'MECHANISM_SIZE', 'MECHANISM_SEEDS', 'MECHANISM_64_MODELS',
            'MECHANISM_RESULTS', 'GRID_128', 'MODEL_LABELS', 'BRANCH_LABELS', 'KEYS', 'RELIANCE_VALUES', 'MODEL_COLOURS',
            'COMPARISONS', 'mechanism_config', 'world_set', 'make_world', 'measure_mechanism', 'run_mechanism',
-           'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired',
-           'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table',
+           'run_mechanism_grid', 'branch_scores', 'reliance_frame', 'placement_frame', 'mean_std', 'paired_differences',
+           'paired', 'score_table', 'reliance_table', 'plot_reliance', 'plot_mechanism_curves', 'coverage_table',
            'paired_interval', 'tilt_frame', 'interval_table', 'heldout_frame', 'plot_intervals']
 
 # %% ../nbs/11b_mechanism.ipynb #ac0c9b96
@@ -199,13 +199,19 @@ def mean_std(frame: pd.DataFrame, value: str, by: Sequence[str], decimals: int =
     return pd.Series(values, dtype=object).rename_axis(list(by))
 
 
-def paired(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.Series:
-    """`model` minus `control` in column `value`, paired by world, seed and `by` (e.g. descriptor, part), as
-    'mean ± std' over the seeds both have (`mean_std`), per world and `by`."""
+def paired_differences(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.DataFrame:
+    """`model` minus `control` in column `value`, one row per world, seed and `by` (e.g. descriptor, part) that both
+    runs have: the columns world, seed, `by` and `value`."""
     index = ["world", "seed", *by]
     a = frame[frame.model == model].set_index(index)[value]
     b = frame[frame.model == control].set_index(index)[value]
-    diff = (a - b).dropna().reset_index()
+    return (a - b).dropna().reset_index()
+
+
+def paired(frame: pd.DataFrame, value: str, model: str, control: str, by: Sequence[str] = ()) -> pd.Series:
+    """`model` minus `control` in column `value`, paired by world, seed and `by` (`paired_differences`), as
+    'mean ± std' over the seeds both have (`mean_std`), per world and `by`."""
+    diff = paired_differences(frame, value, model, control, by)
     return mean_std(diff, value, ["world", *by], signed=True) if len(diff) else pd.Series(dtype=object)
 
 # %% ../nbs/11b_mechanism.ipynb #8672cf85
@@ -318,11 +324,7 @@ def paired_interval(frame: pd.DataFrame, value: str, model: str, control: str, b
     """`model` minus `control` in column `value` of `frame`, paired by world, seed and `by`: per world and `by`, the
     mean difference, its `confidence` interval (Student's t, n − 1 degrees of freedom), n, and the seeds ahead (> 0)."""
     from scipy import stats
-    index = ["world", "seed", *by]
-    a = frame[frame.model == model].set_index(index)[value]
-    b = frame[frame.model == control].set_index(index)[value]
-    diff = (a - b).dropna().reset_index()
-    rows = {}
+    diff, rows = paired_differences(frame, value, model, control, by), {}
     for key, g in diff.groupby(["world", *by], sort=False)[value]:
         n, mean = len(g), g.mean()
         half = stats.t.ppf((1 + confidence) / 2, n - 1) * g.std() / n ** 0.5 if n > 1 else float("nan")
@@ -381,13 +383,12 @@ def plot_intervals(frame: pd.DataFrame, value: str, comparisons: dict[str, tuple
     `by` that `frame` holds both sides of; a dot at the mean paired difference, a bar over its 95 % interval (none with
     one seed), a tick per seed, and a line at 0. Returns the axes."""
     import matplotlib.pyplot as plt
-    index, rows = ["world", "seed", *by], []
+    rows = []
     for name, (model, control) in comparisons.items():
-        diff = (frame[frame.model == model].set_index(index)[value]
-                - frame[frame.model == control].set_index(index)[value]).dropna()
+        diff = paired_differences(frame, value, model, control, by).set_index(["world", *by])[value]
         for key, row in paired_interval(frame, value, model, control, by).iterrows():
             key = key if isinstance(key, tuple) else (key,)
-            seeds = diff.xs(key, level=["world", *by]) if by else diff.xs(key[0], level="world")
+            seeds = diff.loc[[key if by else key[0]]]
             where = [key[0]] if frame.world.nunique() > 1 else []
             rows.append((" · ".join([name, *where, *(BRANCH_LABELS.get(k, str(k)) for k in key[1:])]), row, seeds.to_numpy()))
     if ax is None:
